@@ -1,0 +1,51 @@
+# Two commands set everything up: `make demo` and `make test`.
+# Each creates .venv if missing, installs FFCV's apt packages if missing, installs the
+# pinned requirements, then does its job. A second call skips what is installed.
+
+PY        ?= python3
+VENV      := .venv
+VPY       := $(VENV)/bin/python
+APT_PKGS  := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist
+STAMP     := $(VENV)/.installed
+DEMO_OUT  ?= data/fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: test demo test-all apt venv results clean-venv
+
+test: $(STAMP)
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(VPY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VPY) run.py --config rules/demo.yaml
+
+results: $(STAMP)
+	$(VPY) -m ffcv_bt.results
+
+apt:
+	@missing=""; for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "installing apt packages:$$missing"; \
+	    (apt-get install -y --no-install-recommends $$missing || \
+	     (apt-get update && apt-get install -y --no-install-recommends $$missing)); \
+	  else \
+	    echo "missing system packages. Run as root:"; \
+	    echo "  sudo apt-get install -y --no-install-recommends$$missing"; exit 1; \
+	  fi; \
+	fi
+
+# The stamp depends on the requirements and project files: edit them and the next call reinstalls.
+$(STAMP): requirements.txt pyproject.toml | apt
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install --quiet setuptools==84.2.1 wheel
+	$(VPY) -m pip install --quiet --no-build-isolation -r requirements.txt
+	$(VPY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""ffcv-bt: Barlow Twins on FFCV at a fraction of the reference cost."""

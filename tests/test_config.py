@@ -1,0 +1,89 @@
+"""Strict recipe loading: every recipe loads; bad input names the file and key."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ffcv_bt.config import RULES_DIR, ConfigError, load_recipe, parse_overrides
+
+RECIPES = sorted(RULES_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_loads(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem
+    assert all(v is not None for section in recipe.values.values() for v in section.values())
+
+
+def test_1000ep_is_the_reference_recipe() -> None:
+    r = load_recipe(RULES_DIR / "1000ep.yaml")
+    assert r["model"]["arch"] == "resnet50" and r["model"]["projector"] == "8192-8192-8192"
+    assert r["model"]["zero_init_residual"] is True
+    assert r["loss"]["lambd"] == 0.0051
+    o = r["optim"]
+    assert (o["batch_size"], o["epochs"], o["lr_weights"], o["lr_biases"]) == (2048, 1000, 0.2, 0.0048)
+    assert (o["weight_decay"], o["momentum"], o["eta"], o["warmup_epochs"], o["final_lr_ratio"]) == \
+        (1e-6, 0.9, 0.001, 10.0, 0.001)
+    a = r["aug"]
+    assert (a["blur_p1"], a["blur_p2"], a["solarize_p1"], a["solarize_p2"]) == (1.0, 0.1, 0.0, 0.2)
+    assert (a["brightness"], a["contrast"], a["saturation"], a["hue"], a["jitter_p"],
+            a["grayscale_p"], a["scale_min"]) == (0.4, 0.4, 0.2, 0.1, 0.8, 0.2, 0.08)
+    assert r["resolution"]["min_res"] == r["resolution"]["max_res"] == 224
+    assert r["linear"]["epochs"] == 100 and r["linear"]["batch_size"] == 256
+    assert r["semi"]["epochs"] == 20 and r["semi"]["weight_decay"] == 0.0
+
+
+def _write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_layering_and_overrides(tmp_path: Path) -> None:
+    base = _write(tmp_path, "data:\n  dir: x\noptim:\n  epochs: 7\n  batch_size: 64\n", "b.yaml")
+    child = _write(tmp_path, f"extends: {base.name}\noptim:\n  epochs: 9\n")
+    r = load_recipe(child, parse_overrides(["--optim.lr_weights=0.5", "--train.seed", "3"]))
+    assert r["optim"]["epochs"] == 9 and r["optim"]["batch_size"] == 64
+    assert r["optim"]["lr_weights"] == 0.5 and r["train"]["seed"] == 3
+    assert r["data"]["dir"] == "x" and r.files == [str(base.resolve()), str(child.resolve())]
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("data:\n  dir: x\nopitm:\n  epochs: 3\n", ["opitm", "unknown section", "optim"]),
+    ("data:\n  dir: x\noptim:\n  epoch: 3\n", ["optim.epoch", "unknown key", "epochs"]),
+    ("data:\n  dir: x\noptim:\n  epochs: 2.5\n", ["optim.epochs", "2.5", "an int"]),
+    ("data:\n  dir: x\noptim:\n  epochs: true\n", ["optim.epochs", "an int"]),
+    ("data:\n  dir: x\ntrain:\n  compile: maybe\n", ["train.compile", "boolean"]),
+    ("data:\n  dir: x\naug:\n  blur_p1: 1.5\n", ["aug.blur_p1", "between 0.0 and 1.0"]),
+    ("data:\n  dir: x\nloss:\n  formulation: fast\n", ["loss.formulation", "gram"]),
+    ("data:\n  dir: x\nlinear:\n  epochs: 5\n", ["linear", "protocol"]),
+    ("optim:\n  epochs: 5\n", ["data.dir", "required"]),
+    ("data:\n  dir: x\nresolution:\n  min_res: 256\n  max_res: 224\n", ["min_res"]),
+    ("data:\n  dir: x\nmodel:\n  projector: 8192-x\n", ["model.projector"]),
+    ("data:\n  dir: x\neval:\n  protocol: nope\n", ["nope", "standard"]),
+])
+def test_bad_recipes_name_file_and_key(tmp_path: Path, text: str, needles: list[str]) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert str(path.resolve()) in message or "rules/protocols" in message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_bad_override_is_named() -> None:
+    with pytest.raises(ConfigError, match="command line.*optim.momentum"):
+        load_recipe(RULES_DIR / "100ep.yaml", {"optim.momentum": "high"})
+
+
+def test_cli_exits_nonzero_on_bad_recipe(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  dir: x\noptim:\n  epochz: 3\n")
+    proc = subprocess.run([sys.executable, "-m", "ffcv_bt.config", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "optim.epochz" in proc.stderr and str(path.resolve()) in proc.stderr

@@ -1,0 +1,46 @@
+"""Schedules at their key points, against hand-computed values."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ffcv_bt.schedules import cosine_epoch_lr, lr_at, resolution_at
+
+
+def test_resolution_holds_ramps_and_holds() -> None:
+    kw = dict(min_res=160, max_res=224, start_ramp=10, end_ramp=20)
+    assert [resolution_at(e, **kw) for e in (0, 5, 10)] == [160, 160, 160]
+    assert [resolution_at(e, **kw) for e in (20, 21, 100)] == [224, 224, 224]
+    ramp = [resolution_at(e, **kw) for e in range(10, 21)]
+    assert ramp == sorted(ramp)
+    # halfway: 160 + 0.5 * 64 = 192, a multiple of 32
+    assert resolution_at(15, **kw) == 192
+    # 160 + 0.7 * 64 = 204.8 -> rounded down to 192
+    assert resolution_at(17, **kw) == 192
+    assert all(r % 32 == 0 for r in ramp)
+
+
+def test_resolution_constant() -> None:
+    assert {resolution_at(e, 224, 224, 0, 0) for e in range(5)} == {224}
+
+
+def test_lr_warmup_and_cosine_key_points() -> None:
+    spe, epochs, batch = 100, 1000, 2048
+    base = batch / 256
+    assert lr_at(0, spe, epochs, batch) == 0.0
+    assert lr_at(500, spe, epochs, batch) == pytest.approx(base * 0.5)
+    assert lr_at(1000, spe, epochs, batch) == pytest.approx(base)
+    # halfway through the cosine: mean of base and end
+    mid = 1000 + (epochs * spe - 1000) // 2
+    assert lr_at(mid, spe, epochs, batch) == pytest.approx((base + 0.001 * base) / 2, rel=1e-6)
+    assert lr_at(epochs * spe, spe, epochs, batch) == pytest.approx(0.001 * base)
+    # one step into the cosine, hand computed
+    q = 0.5 * (1 + math.cos(math.pi * 1 / (epochs * spe - 1000)))
+    assert lr_at(1001, spe, epochs, batch) == pytest.approx(base * q + 0.001 * base * (1 - q))
+
+
+def test_cosine_epoch_lr() -> None:
+    assert cosine_epoch_lr(0, 100, 0.3) == pytest.approx(0.3)
+    assert cosine_epoch_lr(50, 100, 0.3) == pytest.approx(0.15)
+    assert cosine_epoch_lr(100, 100, 0.3) == pytest.approx(0.0, abs=1e-12)
