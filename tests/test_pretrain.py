@@ -1,0 +1,113 @@
+"""Pretraining end to end on real (tiny) data: loss goes down under 2 gloo ranks, and a
+run killed mid-epoch resumes to exactly the weights of an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from recipes import write_tiny_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _pretrain_cmd(recipe: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "ffcv_bt.pretrain", "--config", str(recipe), "--out", str(out)]
+
+
+def _log(out: Path) -> list[dict]:
+    path = out / "log.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _kill_during_epoch(cmd: list[str], out: Path, epoch: int, sig: int) -> int:
+    """Start ``cmd``, send ``sig`` once the log shows a step of ``epoch``; return exit code."""
+    proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if any(r["epoch"] == epoch for r in _log(out)):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=300)
+    assert any(r["epoch"] == epoch for r in _log(out)), err[-2000:]
+    return proc.returncode
+
+
+def _backbone(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "resnet18.pth", weights_only=True)
+
+
+@pytest.mark.timeout(900)
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny_dataset: Path, tmp_path: Path) -> None:
+    recipe = write_tiny_recipe(tmp_path, tiny_dataset, epochs=3)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_pretrain_cmd(recipe, straight), env=ENV, cwd=REPO, check=True,
+                   capture_output=True)
+    code = _kill_during_epoch(_pretrain_cmd(recipe, killed), killed, epoch=1, sig=signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert not (killed / "result.json").exists()
+    state = torch.load(killed / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["batch_in_epoch"] == 0
+    subprocess.run(_pretrain_cmd(recipe, killed), env=ENV, cwd=REPO, check=True,
+                   capture_output=True)
+    a, b = _backbone(straight), _backbone(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # torchvision format: loads into a plain resnet18 of the same width? (width 4 differs
+    # from torchvision's 64, so check key names against torchvision's instead)
+    import torchvision
+    tv_keys = set(torchvision.models.resnet18().state_dict())
+    assert set(a) == tv_keys - {"fc.weight", "fc.bias"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigterm_saves_mid_epoch_and_resumes_exactly(tiny_dataset: Path, tmp_path: Path) -> None:
+    recipe = write_tiny_recipe(tmp_path, tiny_dataset, epochs=2)
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    subprocess.run(_pretrain_cmd(recipe, straight), env=ENV, cwd=REPO, check=True,
+                   capture_output=True)
+    code = _kill_during_epoch(_pretrain_cmd(recipe, stopped), stopped, epoch=1, sig=signal.SIGTERM)
+    assert code == 143
+    state = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["batch_in_epoch"] > 0
+    subprocess.run(_pretrain_cmd(recipe, stopped), env=ENV, cwd=REPO, check=True,
+                   capture_output=True)
+    a, b = _backbone(straight), _backbone(stopped)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.timeout(900)
+def test_two_gloo_ranks_train_with_decreasing_loss(tiny_dataset: Path, tmp_path: Path) -> None:
+    recipe = write_tiny_recipe(tmp_path, tiny_dataset, epochs=4)
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29531", "-m", "ffcv_bt.pretrain", "--config", str(recipe),
+           "--out", str(out), "--optim.lr_weights=0.5"]
+    proc = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = _log(out)
+    per_epoch = {}
+    for r in log:
+        per_epoch.setdefault(r["epoch"], []).append(r["loss"])
+    means = [sum(v) / len(v) for _, v in sorted(per_epoch.items())]
+    assert len(means) == 4
+    assert means[-1] < means[0], means
+    result = json.loads((out / "result.json").read_text())
+    assert result["n_devices"] == 2 and result["steps"] == log[-1]["step"]
+    # 200 images, global batch 16, drop_last: 12 steps per epoch across both ranks
+    assert log[-1]["step"] == 4 * 12
