@@ -1,0 +1,102 @@
+"""run.py end to end on real (tiny) data: stages, provenance, runs.csv, tables, plot,
+resume after a kill, and --dry-run for every recipe."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from recipes import write_tiny_recipe
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], env=ENV, cwd=REPO,
+                          capture_output=True, text=True, **kw)
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "rules").glob("*.yaml")), ids=lambda p: p.name)
+def test_dry_run_every_recipe(recipe: Path) -> None:
+    proc = _run(["--config", str(recipe), "--dry-run"])
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "resolution schedule" in out and "device-hours" in out
+    assert f"recipe {recipe.stem}" in out
+
+
+def test_dry_run_estimates_the_reference_cost() -> None:
+    proc = _run(["--config", str(REPO / "rules" / "1000ep.yaml"), "--dry-run"])
+    line = next(l for l in proc.stdout.splitlines() if l.strip().startswith("pretrain "))
+    hours = float(line.split(":")[1].split("device-hours")[0])
+    # 1000 epochs x 1,281,167 images at 132.4 images/s per V100 -> ~2,688 V100-hours
+    assert hours == pytest.approx(1000 * 1_281_167 / 132.4 / 3600, rel=1e-3)
+
+
+@pytest.mark.timeout(1500)
+def test_run_end_to_end_then_resume_after_kill(tiny_dataset: Path, tmp_path: Path) -> None:
+    recipe = write_tiny_recipe(tmp_path, tiny_dataset, epochs=2)
+    results = tmp_path / "results"
+    out = tmp_path / "run"
+    args = ["--config", str(recipe), "--out", str(out), "--results-dir", str(results)]
+
+    # Kill during pretraining, then re-run the same command: it resumes and finishes.
+    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], env=ENV, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "pretrain" / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and any(json.loads(l)["epoch"] == 1 for l in log.read_text().splitlines()):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "pretrain" / "result.json").exists()
+
+    done = _run(args, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    steps = [json.loads(l)["step"] for l in log.read_text().splitlines()]
+    assert steps[-1] == 2 * 12  # 200 images / batch 16 = 12 steps per epoch, 2 epochs
+
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["finished"] and meta["recipe"] == "tiny"
+    assert meta["code"]["git_sha"] and "torch" in meta["libraries"]
+    assert set(meta["stages"]) == {"pretrain", "linear", "linear-random", "semi1", "semi1-random",
+                                   "semi10", "semi10-random"}
+    assert all(s["device_hours"] > 0 for s in meta["stages"].values())
+    assert (out / "config.yaml").is_file() and (out / "pretrain" / "resnet18.pth").is_file()
+
+    runs = pd.read_csv(results / "runs.csv")
+    assert len(runs) == 6
+    assert set(zip(runs.protocol, runs.backbone)) == {
+        (p, b) for p in ("linear", "semi1", "semi10") for b in ("pretrained", "random")}
+    pretrained = runs[runs.backbone == "pretrained"]
+    hours = json.loads((out / "pretrain" / "result.json").read_text())["device_hours"]
+    assert (pretrained.pretrain_gpu_hours == hours).all()
+    assert (runs[runs.backbone == "random"].pretrain_gpu_hours == 0).all()
+    for _, row in runs.iterrows():
+        result = json.loads((Path(row.run_dir) / (row.protocol + ("-random" if row.backbone == "random"
+                                                                   else "")) / "result.json").read_text())
+        assert row.top1 == pytest.approx(result["top1"]) and 0 <= row.top1 <= 100
+        assert row.top5 >= row.top1
+
+    readme = (results / "README.md").read_text()
+    assert "73.3" in readme and "91.0" in readme and "55.0" in readme and "69.7" in readme
+    assert "Linear" in readme and "Semi" in readme
+    with Image.open(results / "cost_accuracy.png") as png:
+        assert png.format == "PNG" and png.size[0] > 200
+
+    # Running again skips every finished stage and appends no rows.
+    again = _run(args, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len(pd.read_csv(results / "runs.csv")) == 6
