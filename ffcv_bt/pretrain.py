@@ -52,6 +52,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def augmentation_from_config(aug: dict[str, Any]) -> AugmentationParams:
+    """The recipe's ``aug`` section as the loader's per-view parameters."""
+    return AugmentationParams(
+        crop_scale=(aug["scale_min"], aug["scale_max"]),
+        flip_p=(aug["flip_p"], aug["flip_p"]), jitter_p=(aug["jitter_p"], aug["jitter_p"]),
+        brightness=aug["brightness"], contrast=aug["contrast"], saturation=aug["saturation"],
+        hue=aug["hue"], grayscale_p=(aug["grayscale_p"], aug["grayscale_p"]),
+        blur_p=(aug["blur_p1"], aug["blur_p2"]),
+        blur_sigma=(aug["blur_sigma_min"], aug["blur_sigma_max"]),
+        solarize_p=(aug["solarize_p1"], aug["solarize_p2"]),
+        solarize_threshold=aug["solarize_threshold"])
+
+
 def build_model(recipe: Recipe) -> BarlowTwins:
     """Backbone + projector as the recipe says."""
     m = recipe["model"]
@@ -91,7 +104,7 @@ class Pretrainer:
                                     f"with write_dataset.py")
         loader = make_pretrain_loader(
             str(beton), batch_size=batch // self.dist.world_size,
-            num_workers=data["num_workers"], aug=AugmentationParams.from_config(self.recipe["aug"]),
+            num_workers=data["num_workers"], aug=augmentation_from_config(self.recipe["aug"]),
             res=resolution_at(0, r["min_res"], r["max_res"], r["start_ramp"], r["end_ramp"]),
             seed=self.recipe["train"]["seed"], device=self.device,
             distributed=self.dist.distributed, order=data["order"], in_memory=data["in_memory"],

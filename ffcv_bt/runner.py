@@ -98,7 +98,7 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path, dist: DistInfo)
         stage.setdefault("wall_seconds_this_call", time.time() - start)
         row = {
             "run_id": meta["run_id"], "recipe": recipe.name, "protocol": protocol,
-            "backbone": kind, "epochs": recipe["optim"]["epochs"],
+            "backbone": kind, "epochs": recipe["optim"]["epochs"] if kind == "pretrained" else 0,
             "top1": result["top1"], "top5": result["top5"], "best_top1": result["best_top1"],
             "pretrain_gpu_hours": pretrain_hours if kind == "pretrained" else 0.0,
             "eval_gpu_hours": result["device_hours"], "device": meta["device"],
