@@ -181,14 +181,17 @@ class Evaluation:
                              f"{self.dist.world_size} ranks")
         train_indices = None if s.subset_percent == 100 else read_subset(self.data_dir, s.subset_percent)
         if train_indices is not None and self.dist.distributed:
-            train_indices = train_indices[self.dist.rank::self.dist.world_size]
+            # Equal shares keep the ranks' batch counts equal (DDP needs that): drop the
+            # last (len % world_size) < world_size indices of the subset.
+            usable = len(train_indices) - len(train_indices) % self.dist.world_size
+            train_indices = train_indices[:usable][self.dist.rank::self.dist.world_size]
         ratio = s.res / s.resize
         common = dict(num_workers=data["num_workers"], device=self.device, res=s.res,
                       resize_ratio=ratio, channels_last=self.channels_last)
         train = make_eval_loader(str(self.data_dir / "train.beton"), s.batch_size // self.dist.world_size,
                                  "train", indices=train_indices, seed=self.recipe["train"]["seed"],
                                  distributed=self.dist.distributed and train_indices is None,
-                                 **common)
+                                 drop_last=False, **common)
         n_val = int(json.loads((self.data_dir / "manifest.json").read_text())["splits"]["val"]["num_images"])
         val_indices = np.arange(n_val)[self.dist.rank::self.dist.world_size]
         val = make_eval_loader(str(self.data_dir / "val.beton"), s.batch_size // self.dist.world_size,
