@@ -1,0 +1,25 @@
+"""Shared fixtures: a tiny real dataset folder for loader, training and evaluation tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Dataset folder built from the real Fashion-MNIST files by write_dataset.
+
+    10 classes, 20 train and 10 val 28x28 images per class, stored raw (exact pixels).
+    Holds train.beton, val.beton, manifest.json, train_subset_1.txt, train_subset_10.txt,
+    and the source JPEGs under images/{train,val}/<class>/.
+    """
+    from ffcv_bt.data.fashion_mnist import FASHION_MNIST_DIR, materialise_fashion_mnist
+    from ffcv_bt.data.write import write_dataset
+
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip(f"{FASHION_MNIST_DIR} missing: apt-get install dataset-fashion-mnist")
+    out_dir = tmp_path_factory.mktemp("tiny_dataset")
+    images_dir = materialise_fashion_mnist(out_dir, train_per_class=20, val_per_class=10)
+    write_dataset(images_dir, out_dir, write_mode="raw", num_workers=2)
+    return out_dir
