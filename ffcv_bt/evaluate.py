@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ffcv_bt.accounting import StageClock, device_description
 from ffcv_bt.config import Recipe
 from ffcv_bt.data.eval_loader import make_eval_loader
-from ffcv_bt.distributed import DistInfo, all_reduce_sum, broadcast_object
+from ffcv_bt.distributed import DistInfo, set_cpu_compute_threads, all_reduce_sum, broadcast_object
 from ffcv_bt.io import atomic_torch_save, atomic_write_json
 from ffcv_bt.model import build_backbone, convert_sync_batchnorm
 from ffcv_bt.precision import autocast_dtype
@@ -197,8 +197,7 @@ class Evaluation:
         val = make_eval_loader(str(self.data_dir / "val.beton"), s.batch_size // self.dist.world_size,
                                "val", indices=val_indices, distributed=False, **common)
         if self.device.type == "cpu":
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(local, 1)))
+            set_cpu_compute_threads()
         return train, val
 
     @property

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ffcv_bt.accounting import StageClock, device_description
 from ffcv_bt.config import Recipe
 from ffcv_bt.data.pretrain_loader import AugmentationParams, make_pretrain_loader
-from ffcv_bt.distributed import DistInfo, broadcast_object
+from ffcv_bt.distributed import DistInfo, set_cpu_compute_threads, broadcast_object
 from ffcv_bt.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from ffcv_bt.model import BarlowTwins, convert_sync_batchnorm
 from ffcv_bt.objective import barlow_twins_loss
@@ -111,8 +111,7 @@ class Pretrainer:
             channels_last=self.channels_last)
         # FFCV sets torch's thread count to its worker count: set it deliberately.
         if self.device.type == "cpu":
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world_size))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(local, 1)))
+            set_cpu_compute_threads()
         return loader
 
     @property
