@@ -18,7 +18,12 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(VPY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
+# The demo data: 1,000 train and 200 val real Fashion-MNIST images per class (converted once).
+DEMO_FLAGS ?= --demo-train-per-class 1000 --demo-val-per-class 200
+
 demo: $(STAMP)
+	test -f $(DEMO_OUT)/manifest.json || \
+	  $(VPY) write_dataset.py --demo fashion-mnist --out-dir $(DEMO_OUT) $(DEMO_FLAGS) --num-workers 2
 	$(VPY) run.py --config rules/demo.yaml
 
 results: $(STAMP)

@@ -95,9 +95,11 @@ def test_sigterm_saves_mid_epoch_and_resumes_exactly(tiny_dataset: Path, tmp_pat
 def test_two_gloo_ranks_train_with_decreasing_loss(tiny_dataset: Path, tmp_path: Path) -> None:
     recipe = write_tiny_recipe(tmp_path, tiny_dataset, epochs=4)
     out = tmp_path / "ddp"
+    # progressive resolution: 16 px until epoch 1, ramp to 32 px at epoch 3
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", "29531", "-m", "ffcv_bt.pretrain", "--config", str(recipe),
-           "--out", str(out), "--optim.lr_weights=0.5"]
+           "--out", str(out), "--optim.lr_weights=0.5", "--resolution.max_res=32",
+           "--resolution.start_ramp=1", "--resolution.end_ramp=3"]
     proc = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = _log(out)
@@ -105,9 +107,34 @@ def test_two_gloo_ranks_train_with_decreasing_loss(tiny_dataset: Path, tmp_path:
     for r in log:
         per_epoch.setdefault(r["epoch"], []).append(r["loss"])
     means = [sum(v) / len(v) for _, v in sorted(per_epoch.items())]
+    resolution = {r["epoch"]: r["resolution"] for r in log}
+    assert resolution == {0: 16, 1: 16, 2: 16, 3: 32}
     assert len(means) == 4
     assert means[-1] < means[0], means
     result = json.loads((out / "result.json").read_text())
     assert result["n_devices"] == 2 and result["steps"] == log[-1]["step"]
     # 200 images, global batch 16, drop_last: 12 steps per epoch across both ranks
     assert log[-1]["step"] == 4 * 12
+
+
+@pytest.mark.timeout(600)
+def test_non_finite_loss_stops_naming_the_step(tiny_dataset: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import ffcv_bt.pretrain as pretrain_module
+    from ffcv_bt.config import load_recipe
+    from ffcv_bt.distributed import DistInfo
+
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_dataset, epochs=3))
+    real_loss, calls = pretrain_module.barlow_twins_loss, []
+
+    def loss_that_explodes(*args, **kwargs):
+        calls.append(1)
+        value = real_loss(*args, **kwargs)
+        return value * float("nan") if len(calls) == 15 else value  # epoch 1, batch 2
+    monkeypatch.setattr(pretrain_module, "barlow_twins_loss", loss_that_explodes)
+    out = tmp_path / "nan"
+    with pytest.raises(pretrain_module.NonFiniteLoss, match=r"at step 14 \(epoch 1, batch 2\)"):
+        pretrain_module.Pretrainer(recipe, out, DistInfo()).train()
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values()
+                                       if v.is_floating_point())

@@ -1,0 +1,7 @@
+"""Barlow Twins augmentations as numba-compiled FFCV operations, one per module.
+
+``crop_decoder`` decodes each JPEG once and cuts the views; ``flip``, ``color_jitter``,
+``grayscale``, ``blur`` and ``solarize`` act in place on (B, V, H, W, 3) uint8 batches with
+per-view probabilities; ``rng`` makes every random draw a function of
+(seed, epoch, sample, view, op); ``view_op`` is their common base class.
+"""

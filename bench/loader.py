@@ -1,0 +1,237 @@
+"""Two-view loader throughput: ours (FFCV, decode once) against the reference PIL pipeline.
+
+Claim measured: on the same JPEGs with the same number of workers, our FFCV two-view Barlow
+Twins loader delivers several times the augmented pairs per second of the reference
+torchvision + PIL DataLoader, and approaches the bound set by JPEG decoding alone.
+
+Prints, in one run: (a) ours, pairs/s; (b) the reference (PIL RandomResizedCrop bicubic,
+flip, ColorJitter p=0.8, grayscale 0.2, blur 1.0/0.1, solarize 0.0/0.2, ToTensor,
+Normalize; torch DataLoader), pairs/s; (c) FFCV decode + one random-resized crop without
+augmentation, images/s; (d) ours with FFCV's stock two pipelines (each image decoded twice),
+pairs/s. Epochs run round robin (one of each pipeline per round) so that load changes on a
+shared machine hit all pipelines alike. The first (JIT-compiling / worker-starting) epoch
+is shown apart; the figures are the median [min-max] of the following epochs. Our
+pipelines normalise on the CPU here, in the main thread; (a') shows ours without that
+step, as a GPU machine (which normalises on the device) would see it. The last line
+uses (a).
+
+Usage: python bench/loader.py [--data IMAGEFOLDER] [--res 224] [--workers 2] [--epochs 3]
+Without --data, ~2000 synthetic photo-like JPEGs (about 256x340, quality 90) are generated
+once into the cache folder.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image, ImageFilter, ImageOps
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "data" / "bench-cache"
+
+
+# ----- the images --------------------------------------------------------------------------------
+def synthetic_photo(rng: np.random.Generator) -> np.ndarray:
+    """A smooth random colour field plus texture noise, about 256 x 340 (photo-like JPEG size)."""
+    import cv2
+
+    height = int(rng.integers(224, 289))
+    width = int(rng.integers(300, 381))
+    coarse = rng.uniform(0, 255, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3))
+    field = cv2.resize(coarse.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
+    detail = cv2.resize(rng.normal(0, 25, size=(height // 4, width // 4, 3)).astype(np.float32),
+                        (width, height), interpolation=cv2.INTER_LINEAR)
+    image = field + detail + rng.normal(0, 6, size=field.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def synthetic_folder(cache: Path, num_images: int, classes: int = 10) -> Path:
+    """``cache/synthetic-N/<class>/<i>.jpg``, generated once (quality 90)."""
+    folder = cache / f"synthetic-{num_images}"
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    rng = np.random.default_rng(0)
+    for i in tqdm(range(num_images), desc="generating synthetic JPEGs", unit="img"):
+        path = folder / f"class{i % classes:02d}" / f"{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(synthetic_photo(rng)).save(path, quality=90)
+    done.touch()
+    return folder
+
+
+def folder_samples(folder: Path, limit: int | None) -> list:
+    from ffcv_bt.data.write import list_classes, scan_split
+
+    classes, _ = list_classes(folder)
+    samples, _ = scan_split(folder, classes)
+    if not samples:
+        raise SystemExit(f"--data {folder}: no images found in its class subfolders")
+    return samples[:limit] if limit else samples
+
+
+def beton_for(samples: list, cache: Path, workers: int) -> Path:
+    """The samples as a JPEG (quality 90) .beton in the cache, written once."""
+    from ffcv_bt.data.write import write_beton
+
+    key = hashlib.sha1("\n".join(str(s.path) for s in samples).encode()).hexdigest()[:12]
+    path = cache / f"bench-{len(samples)}-{key}.beton"
+    if not path.exists():
+        write_beton(samples, path, write_mode="jpg", max_resolution=None, compress_probability=1.0,
+                    jpeg_quality=90, num_workers=workers, chunk_size=32, seed=0)
+    return path
+
+
+# ----- the reference pipeline (PIL + torchvision, as the Barlow Twins release) ------------------
+class RandomPILBlur:
+    """PIL Gaussian blur of radius sigma ~ U(0.1, 2.0) with probability p (the reference's)."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if random.random() < self.p:
+            return image.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+        return image
+
+
+class RandomPILSolarize:
+    """PIL solarize at 128 with probability p (the reference's)."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return ImageOps.solarize(image) if random.random() < self.p else image
+
+
+def reference_view(res: int, blur_p: float, solarize_p: float):
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(res, interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(p=0.5),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        T.RandomGrayscale(p=0.2),
+        RandomPILBlur(blur_p),
+        RandomPILSolarize(solarize_p),
+        T.ToTensor(),
+        T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ])
+
+
+class ReferencePairs:
+    """(view1, view2) of each image file, decoded by PIL: the reference data set."""
+
+    def __init__(self, paths: list[Path], res: int):
+        self.paths = paths
+        self.first = reference_view(res, blur_p=1.0, solarize_p=0.0)
+        self.second = reference_view(res, blur_p=0.1, solarize_p=0.2)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        image = Image.open(self.paths[index]).convert("RGB")
+        return self.first(image), self.second(image)
+
+
+# ----- timing ----------------------------------------------------------------------------------
+def time_epoch(iterable: Iterable, label: str) -> float:
+    """Items (first dimension of each batch's first tensor) per second over one pass."""
+    start = time.perf_counter()
+    items = 0
+    for batch in tqdm(iterable, desc=label, leave=False):
+        items += len(batch[0])
+    return items / (time.perf_counter() - start)
+
+
+def summary(name: str, unit: str, rates: list[float]) -> str:
+    steady = rates[1:]
+    return (f"{name:<44} {unit:<9} {rates[0]:>9.0f} {statistics.median(steady):>9.0f} "
+            f"[{min(steady):.0f}-{max(steady):.0f}]")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="ImageFolder dir (<class>/<image>.jpg); "
+                        "default: synthetic JPEGs")
+    parser.add_argument("--res", type=int, default=224)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the first")
+    parser.add_argument("--images", type=int, default=2000, help="images to use")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
+                        help="where synthetic images and .beton files are kept")
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.workers < 1 or args.images < args.batch_size:
+        raise SystemExit("need --epochs >= 1, --workers >= 1 and --images >= --batch-size")
+    args.cache.mkdir(parents=True, exist_ok=True)
+
+    folder = args.data if args.data else synthetic_folder(args.cache, args.images)
+    if not folder.is_dir():
+        raise SystemExit(f"--data {folder}: not a directory")
+    samples = folder_samples(folder, args.images)
+    beton = beton_for(samples, args.cache, args.workers)
+
+    import torch
+    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToTensor
+
+    from ffcv_bt.data.pretrain_loader import AugmentationParams, make_pretrain_loader
+
+    common = dict(batch_size=args.batch_size, num_workers=args.workers, aug=AugmentationParams(),
+                  res=args.res, seed=0, device="cpu")
+    ours = make_pretrain_loader(beton, **common)
+    twice = make_pretrain_loader(beton, decode_once=False, **common)
+    decode_only = Loader(str(beton), batch_size=args.batch_size, num_workers=args.workers,
+                         order=OrderOption.RANDOM, seed=0, drop_last=True,
+                         pipelines={"image": [RandomResizedCropRGBImageDecoder((args.res, args.res)),
+                                              ToTensor()], "label": None})
+    reference = torch.utils.data.DataLoader(
+        ReferencePairs([s.path for s in samples], args.res), batch_size=args.batch_size,
+        shuffle=True, num_workers=args.workers, drop_last=True, persistent_workers=True)
+    # 1 torch thread for our CPU-side normalisation, leaving the cores to the numba workers
+    # (each reference DataLoader worker also uses 1). Our loaders keep the caller's count.
+    torch.set_num_threads(1)
+    pipelines = {  # name -> (iterable of one pass, unit)
+        "(a) ours: decode once, two augmented views": (lambda: ours, "pairs/s"),
+        "(a') ours, uint8 views before normalising": (lambda: ours.ffcv_loader, "pairs/s"),
+        "(b) reference: PIL + torchvision DataLoader": (lambda: reference, "pairs/s"),
+        "(c) bound: FFCV decode + 1 crop, no aug": (lambda: decode_only, "images/s"),
+        "(d) ours with FFCV stock 2 pipelines": (lambda: twice, "pairs/s"),
+    }
+    # Round robin, one epoch of each per round, so a change in machine load hits all alike.
+    rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    for round_ix in range(args.epochs + 1):
+        for name, (make_iterable, _) in pipelines.items():
+            rates[name].append(time_epoch(make_iterable(), f"{name[:4]} epoch {round_ix}"))
+
+    cpu = platform.processor() or platform.machine()
+    print(f"\nloader benchmark: {len(samples)} JPEGs from {folder}, {args.res} px, "
+          f"{args.workers} workers, batch {args.batch_size}, {os.cpu_count()} CPUs ({cpu}), "
+          f"torch {torch.__version__}")
+    print(f"{'pipeline':<44} {'unit':<9} {'1st epoch':>9} {'median':>9} [min-max over {args.epochs}]")
+    for name, (_, unit) in pipelines.items():
+        print(summary(name, unit, rates[name]))
+    ours_median = statistics.median(rates["(a) ours: decode once, two augmented views"][1:])
+    reference_median = statistics.median(rates["(b) reference: PIL + torchvision DataLoader"][1:])
+    decode_median = statistics.median(rates["(c) bound: FFCV decode + 1 crop, no aug"][1:])
+    print(f"loader ratio ours/reference: {ours_median / reference_median:.2f} "
+          f"(decode-bound fraction: {ours_median / decode_median:.2f})")
+
+
+if __name__ == "__main__":
+    main()

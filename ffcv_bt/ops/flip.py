@@ -1,0 +1,36 @@
+"""Random horizontal flip, per view, in place."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from numba import njit
+
+from .rng import STREAM_FLIP, EpochSeed
+from .view_op import ViewOperation
+
+
+@njit(cache=True, nogil=True)
+def hflip(image) -> None:
+    """Mirror an (H, W, C) image left-right in place."""
+    height, width, channels = image.shape
+    for y in range(height):
+        for x in range(width // 2):
+            mirror = width - 1 - x
+            for c in range(channels):
+                left = image[y, x, c]
+                image[y, x, c] = image[y, mirror, c]
+                image[y, mirror, c] = left
+
+
+class RandomFlipViews(ViewOperation):
+    """Flip each view left-right with its own probability (Barlow Twins: 0.5 and 0.5)."""
+
+    stream = STREAM_FLIP
+
+    def __init__(self, probabilities: Sequence[float], seed: EpochSeed, first_view: int = 0):
+        super().__init__(probabilities, seed, first_view)
+
+    def view_kernel(self) -> Callable:
+        def flip_view(image, key):
+            hflip(image)
+        return flip_view

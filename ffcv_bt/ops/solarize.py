@@ -1,0 +1,46 @@
+"""Random solarization, per view, in place."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+from numba import njit
+
+from .rng import STREAM_SOLARIZE, EpochSeed
+from .view_op import ViewOperation
+
+
+@njit(cache=True, nogil=True)
+def solarize(image, threshold: int) -> None:
+    """Invert, in place, every uint8 value ``x >= threshold`` to ``255 - x`` (torchvision's rule)."""
+    table = np.arange(256, dtype=np.uint8)
+    for value in range(threshold, 256):
+        table[value] = 255 - value
+    flat = image.reshape(-1)
+    for k in range(flat.size):
+        flat[k] = table[flat[k]]
+
+
+class RandomSolarizeViews(ViewOperation):
+    """Solarize each view with its own probability (Barlow Twins: 0.0 for view 1, 0.2 for view 2).
+
+    Parameters
+    ----------
+    threshold : values at or above it are inverted (reference: 128).
+    """
+
+    stream = STREAM_SOLARIZE
+
+    def __init__(self, probabilities: Sequence[float], seed: EpochSeed, threshold: int = 128,
+                 first_view: int = 0):
+        super().__init__(probabilities, seed, first_view)
+        if not 0 <= threshold <= 256:
+            raise ValueError(f"solarize threshold must be in [0, 256], got {threshold}")
+        self.threshold = int(threshold)
+
+    def view_kernel(self) -> Callable:
+        threshold = self.threshold
+
+        def solarize_view(image, key):
+            solarize(image, threshold)
+        return solarize_view
