@@ -348,7 +348,9 @@ def render_readme(runs: pd.DataFrame) -> str:
         f"Baseline: Barlow Twins ResNet-50 (arXiv 2103.03230), {BASELINE.epochs} epochs of "
         f"pretraining on {BASELINE.n_devices} {BASELINE.hardware} for ~7 days = "
         f"~{baseline_hours} {BASELINE.hardware}-hours; its evaluation cost is not published. "
-        f"Δ columns are percentage points against the paper row.",
+        f"Δ columns are percentage points against the paper row. Each run is evaluated on "
+        f"its recipe's data set (the `demo` recipe: Fashion-MNIST on a CPU, a check of the "
+        f"pipeline, not an ImageNet result).",
         "",
         "![top-1 accuracy vs device-hours](cost_accuracy.png)",
         "",
@@ -426,7 +428,7 @@ def plot_cost_accuracy(runs: pd.DataFrame, png_path: str | os.PathLike) -> Path:
     ax.set_xlabel(f"device-hours, pretraining + that evaluation (log scale)\n"
                   f"reference: {BASELINE.hardware}-hours of pretraining; our runs: hours on {ours}")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Barlow Twins ResNet-50: ImageNet top-1 vs cost")
+    ax.set_title("Barlow Twins: top-1 vs cost (reference: ImageNet; each run: its recipe's data)")
     ax.grid(True, which="both", alpha=0.3)
 
     def handle(label: str, marker: str = "o", color: str = "tab:gray",
