@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         from ffcv_bt.slurm import submit
 
         run_dir = choose_run_dir(args, recipe)
-        job = submit(recipe, run_dir, argv if argv is not None else sys.argv[1:])
+        try:
+            job = submit(recipe, run_dir, argv if argv is not None else sys.argv[1:])
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"submitted SLURM job {job.job_id}; run folder {run_dir}")
         return 0
 

@@ -2,7 +2,7 @@
 
 ``Pretrainer.__init__`` reads as a table of contents: loader, model, optimiser, precision,
 then resume. The same code runs as a plain process, under torchrun or as SLURM tasks
-(see ffcv_bt.distributed). Every epoch ends with an atomic checkpoint; SIGTERM/SIGUSR1
+(see ffcv_bt.distributed). Every epoch ends with an atomic checkpoint; SIGTERM/SIGUSR1/USR2
 save one mid-epoch (with the number of batches done, which a restart skips, so the
 augmentations, derived from (seed, epoch, sample index), replay identically) and exit.
 
@@ -43,7 +43,7 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Preempted(Exception):
-    """A SIGTERM/SIGUSR1 arrived; a checkpoint was saved."""
+    """A SIGTERM/SIGUSR1/SIGUSR2 arrived; a checkpoint was saved."""
 
 
 def seed_everything(seed: int) -> None:
@@ -296,11 +296,12 @@ class Pretrainer:
         return result
 
     def _install_signal_handlers(self) -> None:
-        """SIGTERM/SIGUSR1: finish the current step, checkpoint, exit (SLURM requeues)."""
+        """SIGTERM/SIGUSR1/SIGUSR2 (submitit's preemption signal): finish the current step,
+        checkpoint, exit; a chained submitit handler then requeues the job."""
         def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
             self.stop_signal = signum
         self._previous_handlers: dict[int, Any] = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
             try:
                 self._previous_handlers[sig] = signal.signal(sig, handler)
             except ValueError:  # not the main thread (e.g. inside some launchers)

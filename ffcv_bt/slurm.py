@@ -2,7 +2,7 @@
 
 Each SLURM task runs ``run.py`` in-process with the same arguments and a fixed run
 folder; ffcv_bt.distributed reads SLURM's variables to form the process group. When
-SLURM signals preemption (SIGUSR1) or the time limit, the training loop saves a
+SLURM signals preemption (submitit asks for SIGUSR2) or the time limit, the training loop saves a
 checkpoint and submitit requeues the job, which resumes from that checkpoint.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ class RunJob(submitit.helpers.Checkpointable):
     def __call__(self) -> int:
         import run  # the top-level run.py (submitit starts tasks in the submit directory)
 
-        # On SIGUSR1 the training loop checkpoints, then calls submitit's own handler
+        # On SIGUSR2 the training loop checkpoints, then calls submitit's own handler
         # (chained in ffcv_bt.pretrain), which requeues this callable.
         return run.main(self.argv)
 
@@ -50,14 +50,19 @@ def strip_slurm_flag(argv: list[str], run_dir: Path) -> list[str]:
 def submit(recipe: Recipe, run_dir: Path, argv: list[str]) -> Any:
     """Submit the run as one SLURM job of nodes x gpus_per_node tasks; return the job."""
     s = recipe["slurm"]
-    executor = submitit.AutoExecutor(folder=str(run_dir / s["folder"]))
+    # SlurmExecutor directly: AutoExecutor's plugin discovery needs pkg_resources, which
+    # the pinned setuptools no longer ships.
+    try:
+        executor = submitit.SlurmExecutor(folder=str(run_dir / s["folder"]))
+    except RuntimeError as exc:
+        raise RuntimeError(f"--slurm: {exc} Use torchrun or a plain run instead.") from None
     params: dict[str, Any] = dict(
-        nodes=s["nodes"], tasks_per_node=s["gpus_per_node"], gpus_per_node=s["gpus_per_node"],
-        cpus_per_task=s["cpus_per_task"], timeout_min=s["timeout_min"], name=f"ffcv-bt-{recipe.name}",
-        slurm_signal_delay_s=120)
+        nodes=s["nodes"], ntasks_per_node=s["gpus_per_node"], gpus_per_node=s["gpus_per_node"],
+        cpus_per_task=s["cpus_per_task"], time=s["timeout_min"], job_name=f"ffcv-bt-{recipe.name}",
+        signal_delay_s=120)
     if s["partition"]:
-        params["slurm_partition"] = s["partition"]
+        params["partition"] = s["partition"]
     if s["account"]:
-        params["slurm_account"] = s["account"]
+        params["account"] = s["account"]
     executor.update_parameters(**params)
     return executor.submit(RunJob(strip_slurm_flag(argv, run_dir)))
