@@ -23,3 +23,4 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     images_dir = materialise_fashion_mnist(out_dir, train_per_class=20, val_per_class=10)
     write_dataset(images_dir, out_dir, write_mode="raw", num_workers=2)
     return out_dir
+

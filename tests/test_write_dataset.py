@@ -294,16 +294,13 @@ def test_failure_while_writing_leaves_no_beton(tmp_path, monkeypatch):
     for i in range(4):
         save(tmp_path / "data" / "train" / "cls" / f"{i}.png", Image.fromarray(smooth_rgb(6, 5, i)))
     save(tmp_path / "data" / "val" / "cls" / "v.png", Image.fromarray(smooth_rgb(6, 5, 9)))
-    real_load = write_module.load_rgb
-
-    def load_failing_on_2(path, max_side):  # runs in FFCV's forked writer processes
-        if path.name == "2.png":
-            raise OSError("disk went away")
-        return real_load(path, max_side)
-
-    monkeypatch.setattr(write_module, "load_rgb", load_failing_on_2)
+    # 2.png breaks after validation (validation is skipped here; the writer, in its own
+    # processes, then meets a truncated file)
+    (tmp_path / "data" / "train" / "cls" / "2.png").write_bytes(
+        (tmp_path / "data" / "train" / "cls" / "1.png").read_bytes()[:40])
+    monkeypatch.setattr(write_module, "find_unreadable", lambda paths, num_workers: [])
     save(tmp_path / "out" / "manifest.json", b"{}")  # from an earlier run: must not survive
-    with pytest.raises(DatasetError, match=r"(?s)failed to load.*2\.png: OSError: disk went away"):
+    with pytest.raises(DatasetError, match=r"(?s)failed to load.*2\.png: UnidentifiedImageError"):
         write_dataset(tmp_path / "data", tmp_path / "out", write_mode="raw", num_workers=2)
     assert list((tmp_path / "out").iterdir()) == []  # neither the beton nor its temporary file
 

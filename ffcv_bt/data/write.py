@@ -11,6 +11,8 @@ subsets -> write each .beton to a temporary name and rename it -> subset files -
 """
 from __future__ import annotations
 
+import atexit
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -20,7 +22,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -176,8 +178,45 @@ def check_image(path: Path) -> str | None:
     return None
 
 
+_HELPER: concurrent.futures.ProcessPoolExecutor | None = None
+_IN_HELPER = False
+
+
+def _mark_helper() -> None:
+    global _IN_HELPER
+    _IN_HELPER = True
+    # A spawned process spawns its own children too; FFCV's workers should fork from this
+    # clean helper instead (re-importing ffcv per worker costs ~10 s).
+    multiprocessing.set_start_method("fork", force=True)
+
+
+def in_clean_process(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``function`` in a long-lived helper process spawned for the purpose.
+
+    FFCV's writer and the validation pool fork worker processes. Forking a process whose
+    torch/numba/FFCV-loader threads are running (a test session, a notebook) can kill or
+    deadlock a worker, and FFCV's writer then waits forever (seen in this project's test
+    suite). The spawned helper runs nothing but this module's work; it is reused, so ffcv
+    is imported in it once.
+    """
+    global _HELPER
+    if _IN_HELPER:
+        return function(*args, **kwargs)
+    if _HELPER is None:
+        _HELPER = concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_mark_helper)
+        atexit.register(_HELPER.shutdown)
+    return _HELPER.submit(function, *args, **kwargs).result()
+
+
 def find_unreadable(paths: Sequence[Path], num_workers: int) -> list[dict[str, str]]:
     """Check every image (in ``num_workers`` processes) and return the unreadable ones."""
+    return in_clean_process(_find_unreadable_here, list(paths), num_workers)
+
+
+def _find_unreadable_here(paths: Sequence[Path], num_workers: int) -> list[dict[str, str]]:
+    """find_unreadable's work, in the current process."""
     chunk = max(1, min(256, len(paths) // (4 * num_workers)))
     with contextlib.ExitStack() as stack:
         if num_workers > 1 and len(paths) > 1:
@@ -315,10 +354,18 @@ def _labelled_ffcv_progress(description: str) -> Iterator[None]:
         ffcv.writer.tqdm = bare
 
 
-def write_beton(samples: Sequence[Sample], path: Path, *, write_mode: str, max_resolution: int | None,
-                compress_probability: float, jpeg_quality: int, num_workers: int, chunk_size: int,
-                seed: int) -> None:
-    """Write ``samples`` to ``path`` with FFCV; the file appears only once complete."""
+def write_beton(samples: Sequence[Sample], path: Path, **settings: Any) -> None:
+    """Write ``samples`` to ``path`` with FFCV; the file appears only once complete.
+
+    Runs in the clean helper process (see in_clean_process).
+    """
+    in_clean_process(_write_beton_here, list(samples), path, **settings)
+
+
+def _write_beton_here(samples: Sequence[Sample], path: Path, *, write_mode: str,
+                      max_resolution: int | None, compress_probability: float, jpeg_quality: int,
+                      num_workers: int, chunk_size: int, seed: int) -> None:
+    """write_beton's work, in the current process."""
     from ffcv.fields import IntField, RGBImageField  # importing ffcv pulls in torch (~7 s)
     from ffcv.writer import DatasetWriter
 
