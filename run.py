@@ -19,13 +19,11 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 
 from ffcv_bt.config import ConfigError, Recipe, load_or_exit, parse_overrides  # noqa: E402
-from ffcv_bt.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 DEFAULT_RECIPE = REPO / "rules" / "demo.yaml"
 

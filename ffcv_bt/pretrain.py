@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 

@@ -3,7 +3,6 @@ exact top-k across ranks, and clear errors for bad checkpoints."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
