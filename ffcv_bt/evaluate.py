@@ -118,9 +118,9 @@ def load_backbone(weights: str, arch: str, width: int = 64, small_stem: bool = F
     return backbone, feat_dim
 
 
-def num_classes(data_dir: str | Path) -> int:
-    manifest = json.loads((Path(data_dir) / "manifest.json").read_text())
-    return len(manifest["classes"])
+def read_manifest(data_dir: str | Path) -> dict[str, Any]:
+    """The manifest.json that write_dataset.py wrote beside the .betons."""
+    return json.loads((Path(data_dir) / "manifest.json").read_text())
 
 
 def read_subset(data_dir: str | Path, percent: int) -> np.ndarray:
@@ -166,6 +166,7 @@ class Evaluation:
         self.device = dist.device
         self.frozen = protocol == "linear"
         self.data_dir = Path(recipe["data"]["dir"])
+        self.manifest = read_manifest(self.data_dir)
         self.train_loader, self.val_loader = self.create_loaders()
         self.model, self.ddp_model = self.create_model()
         self.optimizer = self.create_optimizer()
@@ -191,7 +192,7 @@ class Evaluation:
                                  "train", indices=train_indices, seed=self.recipe["train"]["seed"],
                                  distributed=self.dist.distributed and train_indices is None,
                                  drop_last=False, **common)
-        n_val = int(json.loads((self.data_dir / "manifest.json").read_text())["splits"]["val"]["num_images"])
+        n_val = int(self.manifest["splits"]["val"]["num_images"])
         val_indices = np.arange(n_val)[self.dist.rank::self.dist.world_size]
         val = make_eval_loader(str(self.data_dir / "val.beton"), s.batch_size // self.dist.world_size,
                                "val", indices=val_indices, distributed=False, **common)
@@ -208,7 +209,7 @@ class Evaluation:
         backbone, feat_dim = load_backbone(self.weights, m["arch"], m["width"], m["small_stem"],
                                            seed=self.recipe["train"]["seed"])
         torch.manual_seed(self.recipe["train"]["seed"] + 1)
-        model = Classifier(backbone, feat_dim, num_classes(self.data_dir))
+        model = Classifier(backbone, feat_dim, len(self.manifest["classes"]))
         model = model.to(self.device)
         if self.frozen:
             model.backbone.requires_grad_(False)

@@ -44,7 +44,7 @@ def _load_metadata(recipe: Recipe, run_dir: Path, dist: DistInfo) -> dict[str, A
     return _initial_metadata(recipe, run_dir, dist)
 
 
-def _evaluations(recipe: Recipe, run_dir: Path) -> list[tuple[str, str, str]]:
+def _evaluations(recipe: Recipe) -> list[tuple[str, str, str]]:
     """(stage key, protocol, backbone kind) in order; the random control follows each."""
     out = []
     for stage in recipe.stages:
@@ -70,25 +70,24 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path, dist: DistInfo)
     save()
     arch = recipe["model"]["arch"]
     backbone_path = run_dir / "pretrain" / f"{arch}.pth"
+    evaluations = _evaluations(recipe)
+    if "pretrain" in recipe.stages:
+        start = time.time()
+        result = pretrain(recipe, run_dir / "pretrain", dist)
+        meta["stages"].setdefault("pretrain", {}).update(
+            {"device_hours": result["device_hours"], "device_seconds": result["device_seconds"],
+             "wall_seconds_this_call": time.time() - start, "result": result})
+        save()
+    pretrain_file = run_dir / "pretrain" / "result.json"
     pretrain_hours = 0.0
-    if "pretrain" in recipe.stages or any(kind == "pretrained" for _, _, kind in
-                                          _evaluations(recipe, run_dir)):
-        if "pretrain" in recipe.stages:
-            start = time.time()
-            result = pretrain(recipe, run_dir / "pretrain", dist)
-            meta["stages"].setdefault("pretrain", {}).update(
-                {"device_hours": result["device_hours"], "device_seconds": result["device_seconds"],
-                 "wall_seconds_this_call": time.time() - start, "result": result})
-            save()
-        pretrain_file = run_dir / "pretrain" / "result.json"
-        if pretrain_file.is_file():
-            pretrain_hours = json.loads(pretrain_file.read_text())["device_hours"]
-        elif any(kind == "pretrained" for _, _, kind in _evaluations(recipe, run_dir)):
-            raise FileNotFoundError(f"{pretrain_file}: evaluations need a finished pretraining "
-                                    f"stage in this run folder (add 'pretrain' to --stages)")
+    if pretrain_file.is_file():
+        pretrain_hours = json.loads(pretrain_file.read_text())["device_hours"]
+    elif any(kind == "pretrained" for _, _, kind in evaluations):
+        raise FileNotFoundError(f"{pretrain_file}: evaluations need a finished pretraining "
+                                f"stage in this run folder (add 'pretrain' to --stages)")
 
     rows = []
-    for key, protocol, kind in _evaluations(recipe, run_dir):
+    for key, protocol, kind in evaluations:
         weights = "random" if kind == "random" else str(backbone_path)
         start = time.time()
         result = evaluate(recipe, protocol, weights, run_dir / key, dist)
