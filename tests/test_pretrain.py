@@ -45,27 +45,32 @@ def _kill_during_epoch(cmd: list[str], out: Path, epoch: int, sig: int) -> int:
     return proc.returncode
 
 
-def _backbone(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out / "resnet18.pth", weights_only=True)
+def _pretrain_to_the_end(recipe: Path, out: Path) -> None:
+    subprocess.run(_pretrain_cmd(recipe, out), env=ENV, cwd=REPO, check=True, capture_output=True)
+
+
+def _assert_same_backbone(first: Path, second: Path) -> dict[str, torch.Tensor]:
+    """The two runs' final backbones are bit-for-bit equal; returns the first."""
+    a = torch.load(first / "resnet18.pth", weights_only=True)
+    b = torch.load(second / "resnet18.pth", weights_only=True)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    return a
 
 
 @pytest.mark.timeout(900)
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny_dataset: Path, tmp_path: Path) -> None:
     recipe = write_tiny_recipe(tmp_path, tiny_dataset, epochs=3)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    subprocess.run(_pretrain_cmd(recipe, straight), env=ENV, cwd=REPO, check=True,
-                   capture_output=True)
+    _pretrain_to_the_end(recipe, straight)
     code = _kill_during_epoch(_pretrain_cmd(recipe, killed), killed, epoch=1, sig=signal.SIGKILL)
     assert code == -signal.SIGKILL
     assert not (killed / "result.json").exists()
     state = torch.load(killed / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and state["batch_in_epoch"] == 0
-    subprocess.run(_pretrain_cmd(recipe, killed), env=ENV, cwd=REPO, check=True,
-                   capture_output=True)
-    a, b = _backbone(straight), _backbone(killed)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    _pretrain_to_the_end(recipe, killed)
+    a = _assert_same_backbone(straight, killed)
     # torchvision format: loads into a plain resnet18 of the same width? (width 4 differs
     # from torchvision's 64, so check key names against torchvision's instead)
     import torchvision
@@ -78,17 +83,13 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tiny_dataset: Path, 
 def test_sigterm_saves_mid_epoch_and_resumes_exactly(tiny_dataset: Path, tmp_path: Path) -> None:
     recipe = write_tiny_recipe(tmp_path, tiny_dataset, epochs=2)
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    subprocess.run(_pretrain_cmd(recipe, straight), env=ENV, cwd=REPO, check=True,
-                   capture_output=True)
+    _pretrain_to_the_end(recipe, straight)
     code = _kill_during_epoch(_pretrain_cmd(recipe, stopped), stopped, epoch=1, sig=signal.SIGTERM)
     assert code == 143
     state = torch.load(stopped / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and state["batch_in_epoch"] > 0
-    subprocess.run(_pretrain_cmd(recipe, stopped), env=ENV, cwd=REPO, check=True,
-                   capture_output=True)
-    a, b = _backbone(straight), _backbone(stopped)
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    _pretrain_to_the_end(recipe, stopped)
+    _assert_same_backbone(straight, stopped)
 
 
 @pytest.mark.timeout(900)
