@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ffcv_bt.data.write import (SUBSET_PERCENTS, WRITE_MODES, DatasetError, default_num_workers,
+from ffcv_bt.data.write import (SUBSET_PERCENTS, WRITE_MODES, default_num_workers,
                                 write_dataset)
 
 
@@ -68,7 +68,8 @@ def summary(out_dir: Path, manifest: dict[str, Any]) -> str:
             f"{len(manifest['skipped'])} entries skipped; manifest {out_dir / 'manifest.json'}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str]) -> int:
+    """Convert, print what was written; errors reach the user through ffcv_bt.cli."""
     parser = build_parser()
     args = parser.parse_args(argv)
     percents = [percent for percent, _ in args.subset_file]
@@ -76,22 +77,22 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--subset-file given twice for the same percent: {sorted(percents)}")
     if args.demo is None and (args.demo_train_per_class or args.demo_val_per_class):
         parser.error("--demo-train-per-class and --demo-val-per-class need --demo")
-    try:
-        data_dir = args.data_dir
-        if args.demo == "fashion-mnist":
-            from ffcv_bt.data.fashion_mnist import materialise_fashion_mnist
+    data_dir = args.data_dir
+    if args.demo == "fashion-mnist":
+        from ffcv_bt.data.fashion_mnist import materialise_fashion_mnist
 
-            data_dir = materialise_fashion_mnist(args.out_dir, args.demo_train_per_class,
-                                                 args.demo_val_per_class)
-        manifest = write_dataset(
-            data_dir, args.out_dir, write_mode=args.write_mode, max_resolution=args.max_resolution,
-            compress_probability=args.compress_probability, jpeg_quality=args.jpeg_quality,
-            num_workers=args.num_workers, chunk_size=args.chunk_size,
-            subset_files=dict(args.subset_file), seed=args.seed, skip_bad=args.skip_bad)
-    except DatasetError as error:
-        raise SystemExit(f"error: {error}") from None
+        data_dir = materialise_fashion_mnist(args.out_dir, args.demo_train_per_class,
+                                             args.demo_val_per_class)
+    manifest = write_dataset(
+        data_dir, args.out_dir, write_mode=args.write_mode, max_resolution=args.max_resolution,
+        compress_probability=args.compress_probability, jpeg_quality=args.jpeg_quality,
+        num_workers=args.num_workers, chunk_size=args.chunk_size,
+        subset_files=dict(args.subset_file), seed=args.seed, skip_bad=args.skip_bad)
     print(summary(args.out_dir.resolve(), manifest))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from ffcv_bt.cli import run_command
+
+    raise SystemExit(run_command(main))

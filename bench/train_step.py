@@ -26,7 +26,7 @@ from ffcv_bt.accounting import device_description, sync_device  # noqa: E402
 from ffcv_bt.model import BarlowTwins  # noqa: E402
 from ffcv_bt.objective import barlow_twins_loss  # noqa: E402
 from ffcv_bt.optim import LARS, param_groups_for_lars, set_learning_rates  # noqa: E402
-from ffcv_bt.precision import autocast_dtype  # noqa: E402
+from ffcv_bt.mixed_precision import autocast_dtype  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
 

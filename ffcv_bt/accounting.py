@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ffcv_bt.collectives import world_size
+
 _VERSIONED_LIBRARIES = ("torch", "torchvision", "ffcv", "numba", "numpy")
 
 
@@ -95,14 +97,6 @@ def _cpu_model_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _world_size() -> int:
-    """Number of processes in the job: torch.distributed's world size, else 1."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
 def device_description(device: torch.device) -> dict:
     """What the run ran on: {"device": name, "n_devices": world size, "device_type": ...}.
 
@@ -115,7 +109,7 @@ def device_description(device: torch.device) -> dict:
         name = f"cpu ({_cpu_model_name()})"
     else:
         raise ValueError(f"unsupported device type {device.type!r} (expected 'cpu' or 'cuda')")
-    return {"device": name, "n_devices": _world_size(), "device_type": device.type}
+    return {"device": name, "n_devices": world_size(), "device_type": device.type}
 
 
 def library_versions() -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ import yaml
 from fastargs import Config as FastargsConfig
 from fastargs import Param, Section
 from fastargs.validation import And, Checker, InRange, OneOf
+
+from ffcv_bt.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = REPO_ROOT / "rules"
@@ -36,148 +37,146 @@ def _section(name: str, desc: str, **params: Param) -> None:
     Section(name, desc, config_descriptor=DECLARED).params(**params)
 
 
-def _p(kind: type, desc: str, default: Any = None, check: Checker | None = None) -> Param:
+def _p(kind: type, desc: str, check: Checker | None = None) -> Param:
+    """A parameter without a default: rules/base.yaml (and the protocol files) state every
+    value once; a recipe that does not extend base.yaml must set them all."""
     checker = And(kind, check) if check is not None else kind
-    param = Param(checker, desc, default=default, required=default is None)
+    param = Param(checker, desc, required=True)
     param.kind = kind  # the strict type we enforce before fastargs' lenient checker
     return param
 
 
-def _prob(desc: str, default: float) -> Param:
-    return _p(float, desc, default, InRange(0.0, 1.0))
+def _prob(desc: str) -> Param:
+    return _p(float, desc, InRange(0.0, 1.0))
 
 
 _section(
     "data", "The dataset written by write_dataset.py and how to read it",
     dir=_p(str, "folder with train.beton, val.beton, manifest.json and the label subsets"),
-    num_workers=_p(int, "FFCV loader worker threads per process", 8, InRange(1, 256)),
-    in_memory=_p(bool, "read the .beton into RAM (True) or page it from disk (False)", True),
-    order=_p(str, "sample order of training loaders", "random", OneOf(["random", "quasi_random"])),
+    num_workers=_p(int, "FFCV loader worker threads per process", InRange(1, 256)),
+    in_memory=_p(bool, "read the .beton into RAM (True) or page it from disk (False)"),
+    order=_p(str, "sample order of training loaders", OneOf(["random", "quasi_random"])),
 )
 _section(
     "resolution", "Progressive training resolution (FFCV ImageNet schedule)",
-    min_res=_p(int, "crop size until start_ramp", 224, InRange(8, 1024)),
-    max_res=_p(int, "crop size from end_ramp on", 224, InRange(8, 1024)),
-    start_ramp=_p(int, "last epoch at min_res", 0, InRange(0, 100000)),
-    end_ramp=_p(int, "first epoch at max_res", 0, InRange(0, 100000)),
+    min_res=_p(int, "crop size until start_ramp", InRange(8, 1024)),
+    max_res=_p(int, "crop size from end_ramp on", InRange(8, 1024)),
+    start_ramp=_p(int, "last epoch at min_res", InRange(0, 100000)),
+    end_ramp=_p(int, "first epoch at max_res", InRange(0, 100000)),
 )
 _section(
     "aug", "Barlow Twins augmentations (two asymmetric views)",
-    scale_min=_p(float, "random-resized-crop smallest area fraction", 0.08, InRange(0.001, 1.0)),
-    scale_max=_p(float, "random-resized-crop largest area fraction", 1.0, InRange(0.001, 1.0)),
-    flip_p=_prob("horizontal flip probability (each view)", 0.5),
-    jitter_p=_prob("colour jitter probability (all four parts under one draw)", 0.8),
-    brightness=_p(float, "colour jitter brightness strength", 0.4, InRange(0.0, 1.0)),
-    contrast=_p(float, "colour jitter contrast strength", 0.4, InRange(0.0, 1.0)),
-    saturation=_p(float, "colour jitter saturation strength", 0.2, InRange(0.0, 1.0)),
-    hue=_p(float, "colour jitter hue strength", 0.1, InRange(0.0, 0.5)),
-    grayscale_p=_prob("grayscale probability (each view)", 0.2),
-    blur_p1=_prob("Gaussian blur probability, view 1", 1.0),
-    blur_p2=_prob("Gaussian blur probability, view 2", 0.1),
-    blur_sigma_min=_p(float, "blur sigma lower bound", 0.1, InRange(0.01, 100.0)),
-    blur_sigma_max=_p(float, "blur sigma upper bound", 2.0, InRange(0.01, 100.0)),
-    solarize_p1=_prob("solarize probability, view 1", 0.0),
-    solarize_p2=_prob("solarize probability, view 2", 0.2),
-    solarize_threshold=_p(int, "solarize pixels at or above this value", 128, InRange(0, 256)),
+    scale_min=_p(float, "random-resized-crop smallest area fraction", InRange(0.001, 1.0)),
+    scale_max=_p(float, "random-resized-crop largest area fraction", InRange(0.001, 1.0)),
+    flip_p=_prob("horizontal flip probability (each view)"),
+    jitter_p=_prob("colour jitter probability (all four parts under one draw)"),
+    brightness=_p(float, "colour jitter brightness strength", InRange(0.0, 1.0)),
+    contrast=_p(float, "colour jitter contrast strength", InRange(0.0, 1.0)),
+    saturation=_p(float, "colour jitter saturation strength", InRange(0.0, 1.0)),
+    hue=_p(float, "colour jitter hue strength", InRange(0.0, 0.5)),
+    grayscale_p=_prob("grayscale probability (each view)"),
+    blur_p1=_prob("Gaussian blur probability, view 1"),
+    blur_p2=_prob("Gaussian blur probability, view 2"),
+    blur_sigma_min=_p(float, "blur sigma lower bound", InRange(0.01, 100.0)),
+    blur_sigma_max=_p(float, "blur sigma upper bound", InRange(0.01, 100.0)),
+    solarize_p1=_prob("solarize probability, view 1"),
+    solarize_p2=_prob("solarize probability, view 2"),
+    solarize_threshold=_p(int, "solarize pixels at or above this value", InRange(0, 256)),
 )
 _section(
     "model", "Backbone and projector",
-    arch=_p(str, "torchvision ResNet", "resnet50",
+    arch=_p(str, "torchvision ResNet",
             OneOf(["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])),
-    width=_p(int, "channels of the first stage (64 = torchvision)", 64, InRange(1, 1024)),
-    small_stem=_p(bool, "3x3 stride-1 stem without max-pool, for 28-64 px images", False),
-    zero_init_residual=_p(bool, "zero the last BN of each residual block", True),
-    projector=_p(str, "projector layer sizes, e.g. 8192-8192-8192", "8192-8192-8192"),
+    width=_p(int, "channels of the first stage (64 = torchvision)", InRange(1, 1024)),
+    small_stem=_p(bool, "3x3 stride-1 stem without max-pool, for 28-64 px images"),
+    zero_init_residual=_p(bool, "zero the last BN of each residual block"),
+    projector=_p(str, "projector layer sizes, e.g. 8192-8192-8192"),
 )
 _section(
     "loss", "The Barlow Twins objective",
-    lambd=_p(float, "weight of the off-diagonal terms", 0.0051, InRange(0.0, 1.0)),
-    scale_loss=_p(float, "multiplier of the loss (original runs: 0.024)", 1.0, InRange(1e-6, 1e6)),
-    formulation=_p(str, "cross: d x d matrix; gram: N x N Gram matrices; auto: by shape",
-                   "auto", OneOf(["auto", "cross", "gram"])),
+    lambd=_p(float, "weight of the off-diagonal terms", InRange(0.0, 1.0)),
+    scale_loss=_p(float, "multiplier of the loss (original runs: 0.024)", InRange(1e-6, 1e6)),
+    formulation=_p(str, "cross: d x d matrix; gram: N x N Gram matrices; auto: by shape", OneOf(["auto", "cross", "gram"])),
 )
 _section(
     "optim", "LARS and the learning-rate schedule",
-    batch_size=_p(int, "GLOBAL batch size (all ranks together)", 2048, InRange(2, 1 << 20)),
-    epochs=_p(int, "pretraining epochs", 1000, InRange(1, 100000)),
-    lr_weights=_p(float, "learning rate of weights, times batch/256", 0.2, InRange(0.0, 100.0)),
-    lr_biases=_p(float, "learning rate of biases and BN, times batch/256", 0.0048, InRange(0.0, 100.0)),
-    weight_decay=_p(float, "weight decay (weights only)", 1e-6, InRange(0.0, 1.0)),
-    momentum=_p(float, "LARS momentum", 0.9, InRange(0.0, 1.0)),
-    eta=_p(float, "LARS trust coefficient", 0.001, InRange(0.0, 1.0)),
-    warmup_epochs=_p(float, "linear warmup length in epochs", 10.0, InRange(0.0, 100000.0)),
-    final_lr_ratio=_p(float, "cosine ends at this fraction of the base rate", 0.001, InRange(0.0, 1.0)),
+    batch_size=_p(int, "GLOBAL batch size (all ranks together)", InRange(2, 1 << 20)),
+    epochs=_p(int, "pretraining epochs", InRange(1, 100000)),
+    lr_weights=_p(float, "learning rate of weights, times batch/256", InRange(0.0, 100.0)),
+    lr_biases=_p(float, "learning rate of biases and BN, times batch/256", InRange(0.0, 100.0)),
+    weight_decay=_p(float, "weight decay (weights only)", InRange(0.0, 1.0)),
+    momentum=_p(float, "LARS momentum", InRange(0.0, 1.0)),
+    eta=_p(float, "LARS trust coefficient", InRange(0.0, 1.0)),
+    warmup_epochs=_p(float, "linear warmup length in epochs", InRange(0.0, 100000.0)),
+    final_lr_ratio=_p(float, "cosine ends at this fraction of the base rate", InRange(0.0, 1.0)),
 )
 _section(
     "train", "The pretraining loop",
-    seed=_p(int, "seed of weights, data order and augmentations", 0, InRange(0, 2**31 - 1)),
-    precision=_p(str, "auto: bf16 on GPUs that have it, else fp16 with a GradScaler; fp32 on CPU",
-                 "auto", OneOf(["auto", "bf16", "fp16", "fp32"])),
-    channels_last=_p(bool, "channels_last memory format (GPU only)", True),
-    compile=_p(bool, "torch.compile the model", False),
-    log_every=_p(int, "JSON-lines log every N steps", 100, InRange(1, 10**9)),
-    max_steps_per_epoch=_p(int, "cut epochs short (0 = full epochs); for smoke runs", 0,
+    seed=_p(int, "seed of weights, data order and augmentations", InRange(0, 2**31 - 1)),
+    precision=_p(str, "auto: bf16 on GPUs that have it, else fp16 with a GradScaler; fp32 on CPU", OneOf(["auto", "bf16", "fp16", "fp32"])),
+    channels_last=_p(bool, "channels_last memory format (GPU only)"),
+    compile=_p(bool, "torch.compile the model"),
+    log_every=_p(int, "JSON-lines log every N steps", InRange(1, 10**9)),
+    max_steps_per_epoch=_p(int, "cut epochs short (0 = full epochs); for smoke runs",
                            InRange(0, 10**9)),
-    deterministic=_p(bool, "torch deterministic algorithms (CPU resume tests)", False),
+    deterministic=_p(bool, "torch deterministic algorithms (CPU resume tests)"),
 )
 _section(
     "eval", "Which evaluation protocol and which backbones to evaluate",
-    protocol=_p(str, "protocol file rules/protocols/<name>.yaml (fixed rules)", "standard"),
-    control=_p(bool, "also evaluate a randomly initialised backbone (the control row)", True),
+    protocol=_p(str, "protocol file rules/protocols/<name>.yaml (fixed rules)"),
+    control=_p(bool, "also evaluate a randomly initialised backbone (the control row)"),
 )
 _section(
     "linear", "Linear probe on frozen features (protocol, not recipe)",
-    epochs=_p(int, "epochs", 100, InRange(1, 10000)),
-    batch_size=_p(int, "GLOBAL batch size", 256, InRange(1, 1 << 20)),
-    lr=_p(float, "classifier learning rate", 0.3, InRange(0.0, 100.0)),
-    weight_decay=_p(float, "weight decay", 1e-6, InRange(0.0, 1.0)),
-    momentum=_p(float, "SGD momentum", 0.9, InRange(0.0, 1.0)),
-    res=_p(int, "crop size for train and val", 224, InRange(8, 1024)),
-    resize=_p(int, "val resize before the centre crop", 256, InRange(8, 2048)),
-    precision=_p(str, "frozen forward pass precision (speed path; classifier stays fp32)", "auto",
+    epochs=_p(int, "epochs", InRange(1, 10000)),
+    batch_size=_p(int, "GLOBAL batch size", InRange(1, 1 << 20)),
+    lr=_p(float, "classifier learning rate", InRange(0.0, 100.0)),
+    weight_decay=_p(float, "weight decay", InRange(0.0, 1.0)),
+    momentum=_p(float, "SGD momentum", InRange(0.0, 1.0)),
+    res=_p(int, "crop size for train and val", InRange(8, 1024)),
+    resize=_p(int, "val resize before the centre crop", InRange(8, 2048)),
+    precision=_p(str, "frozen forward pass precision (speed path; classifier stays fp32)",
                  OneOf(["auto", "bf16", "fp16", "fp32"])),
 )
 _section(
     "semi", "Semi-supervised fine-tuning on 1% / 10% of labels (protocol, not recipe)",
-    epochs=_p(int, "epochs", 20, InRange(1, 10000)),
-    batch_size=_p(int, "GLOBAL batch size", 256, InRange(1, 1 << 20)),
-    lr_backbone=_p(float, "backbone learning rate", 0.005, InRange(0.0, 100.0)),
-    lr_classifier=_p(float, "classifier learning rate", 0.5, InRange(0.0, 100.0)),
-    weight_decay=_p(float, "weight decay", 0.0, InRange(0.0, 1.0)),
-    momentum=_p(float, "SGD momentum", 0.9, InRange(0.0, 1.0)),
-    res=_p(int, "crop size for train and val", 224, InRange(8, 1024)),
-    resize=_p(int, "val resize before the centre crop", 256, InRange(8, 2048)),
+    epochs=_p(int, "epochs", InRange(1, 10000)),
+    batch_size=_p(int, "GLOBAL batch size", InRange(1, 1 << 20)),
+    lr_backbone=_p(float, "backbone learning rate", InRange(0.0, 100.0)),
+    lr_classifier=_p(float, "classifier learning rate", InRange(0.0, 100.0)),
+    weight_decay=_p(float, "weight decay", InRange(0.0, 1.0)),
+    momentum=_p(float, "SGD momentum", InRange(0.0, 1.0)),
+    res=_p(int, "crop size for train and val", InRange(8, 1024)),
+    resize=_p(int, "val resize before the centre crop", InRange(8, 2048)),
 )
 _section(
     "run", "What run.py does",
-    stages=_p(str, "comma-separated subset of pretrain,linear,semi1,semi10",
-              "pretrain,linear,semi1,semi10"),
+    stages=_p(str, "comma-separated subset of pretrain,linear,semi1,semi10"),
 )
 _section(
     "estimate", "Throughput used by `run.py --dry-run` to estimate GPU-hours",
-    device=_p(str, "device the figures below were measured on", "unmeasured"),
-    n_devices=_p(int, "devices the run would use", 1, InRange(1, 100000)),
-    pretrain_images_per_s=_p(float, "two-view images/s per device (bench/train_step.py)", 0.0,
+    device=_p(str, "device the figures below were measured on"),
+    n_devices=_p(int, "devices the run would use", InRange(1, 100000)),
+    pretrain_images_per_s=_p(float, "two-view images/s per device (bench/train_step.py)",
                              InRange(0.0, 1e9)),
-    eval_images_per_s=_p(float, "evaluation training images/s per device", 0.0, InRange(0.0, 1e9)),
+    eval_images_per_s=_p(float, "evaluation training images/s per device", InRange(0.0, 1e9)),
 )
 _section(
     "slurm", "SLURM submission through submitit (run.py --slurm)",
-    partition=_p(str, "partition", ""),
-    account=_p(str, "account", ""),
-    nodes=_p(int, "nodes", 1, InRange(1, 10000)),
-    gpus_per_node=_p(int, "GPUs (= tasks) per node", 8, InRange(1, 64)),
-    cpus_per_task=_p(int, "CPU cores per task", 10, InRange(1, 512)),
-    timeout_min=_p(int, "time limit per job in minutes (the job requeues itself)", 4320,
+    partition=_p(str, "partition"),
+    account=_p(str, "account"),
+    nodes=_p(int, "nodes", InRange(1, 10000)),
+    gpus_per_node=_p(int, "GPUs (= tasks) per node", InRange(1, 64)),
+    cpus_per_task=_p(int, "CPU cores per task", InRange(1, 512)),
+    timeout_min=_p(int, "time limit per job in minutes (the job requeues itself)",
                    InRange(1, 10**6)),
-    folder=_p(str, "submitit logs folder (relative to the run folder)", "slurm"),
+    folder=_p(str, "submitit logs folder (relative to the run folder)"),
 )
 
 ALL_STAGES = ("pretrain", "linear", "semi1", "semi10")
-
-
-class ConfigError(ValueError):
-    """A recipe, protocol or override is invalid; the message names file and key."""
+# Sections that say how to run, not what is computed: changing them (--stages, an estimate,
+# SLURM settings) keeps a run folder usable.
+RUN_CONTROL_SECTIONS = ("run", "estimate", "slurm")
 
 
 @dataclass
@@ -192,6 +191,22 @@ class Recipe:
 
     def __getitem__(self, section: str) -> dict[str, Any]:
         return self.values[section]
+
+    @property
+    def configuration(self) -> dict[str, dict[str, Any]]:
+        """The values that determine the results: all but RUN_CONTROL_SECTIONS."""
+        return {s: v for s, v in self.values.items() if s not in RUN_CONTROL_SECTIONS}
+
+    def differences(self, other: dict[str, dict[str, Any]]) -> list[str]:
+        """``section.key: theirs -> ours`` for every result-determining value that differs
+        from ``other`` (a saved ``values`` or ``configuration``)."""
+        out = []
+        for section, entries in self.configuration.items():
+            for key, value in entries.items():
+                theirs = other.get(section, {}).get(key, "<absent>")
+                if theirs != value:
+                    out.append(f"{section}.{key}: {theirs!r} -> {value!r}")
+        return out
 
     @property
     def stages(self) -> list[str]:
@@ -337,7 +352,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     path = Path(path)
     overrides = dict(overrides or {})
     declared = sections()
-    values: dict[str, dict[str, Any]] = {s: {k: p.default for k, p in ps.items()}
+    values: dict[str, dict[str, Any]] = {s: {k: None for k in ps}
                                          for s, ps in declared.items()}
     chain = _layer_files(path)
     for file, data in chain:
@@ -368,7 +383,8 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     for section, entries in values.items():
         for key, value in entries.items():
             if value is None:
-                raise ConfigError(f"{path}: required key '{section}.{key}' is not set "
+                raise ConfigError(f"{path}: required key '{section}.{key}' is not set; extend "
+                                  f"rules/base.yaml, which states every key "
                                   f"({declared[section][key].desc})")
     _check_consistency(values, path)
     # Hand the values to fastargs too, so @param-style code sees the same configuration.
@@ -402,28 +418,30 @@ def _check_consistency(values: dict, path: Path) -> None:
         raise ConfigError(f"{path}: model.projector '{spec}' is not like 8192-8192-8192")
 
 
-def load_or_exit(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    """load_recipe for command-line entry points: a bad recipe exits with status 2."""
-    try:
-        return load_recipe(path, overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 def describe() -> str:
-    """Every section and parameter with its help, default and allowed values."""
+    """Every section and parameter with its help, its value in rules/base.yaml (the
+    reference recipe, with the standard protocol) and the allowed values."""
+    base = load_recipe(RULES_DIR / "base.yaml")
     lines = []
     for section, params in sections().items():
         lines.append(f"[{section}] {DECLARED.sections[(section,)].desc}")
         for key, param in params.items():
-            lines.append(f"  {section}.{key} = {param.default!r}: {param.desc} "
+            lines.append(f"  {section}.{key} = {base[section][key]!r}: {param.desc} "
                          f"({param.checker.help()})")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        print(json.dumps(load_or_exit(sys.argv[1], parse_overrides(sys.argv[2:])).values, indent=2))
+def main(argv: list[str]) -> int:
+    """``python -m ffcv_bt.config [RECIPE [--section.key=value ...]]``: every key, or a
+    recipe's resolved values."""
+    if argv:
+        print(json.dumps(load_recipe(argv[0], parse_overrides(argv[1:])).values, indent=2))
     else:
         print(describe())
+    return 0
+
+
+if __name__ == "__main__":
+    from ffcv_bt.cli import run_command
+
+    raise SystemExit(run_command(main))

@@ -8,9 +8,11 @@ starts the processes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -85,32 +87,24 @@ def setup(backend: str = "auto") -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def teardown() -> None:
-    """Destroy the process group if one was created."""
+@contextlib.contextmanager
+def process_group(backend: str = "auto") -> Iterator[DistInfo]:
+    """``setup()`` on entry; on exit destroy the process group.
+
+    Ranks meet in a barrier only after success: after an exception the other ranks may be
+    waiting in another collective, and a barrier would hang until the NCCL timeout instead
+    of failing promptly.
+    """
+    info = setup(backend)
+    try:
+        yield info
+    except BaseException:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Send a picklable object from rank ``src`` to every rank (identity without DDP)."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """In-place sum across ranks (identity without DDP)."""
-    if dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
 
 
 def set_cpu_compute_threads() -> int:

@@ -8,10 +8,8 @@ or counted twice at a partial last batch.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,19 +21,21 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ffcv_bt.accounting import StageClock, device_description
+from ffcv_bt.atomic_files import atomic_write_json
+from ffcv_bt.backbone_weights import load_backbone, sha256_of
+from ffcv_bt.checkpoints import load_checkpoint, save_checkpoint
+from ffcv_bt.collectives import barrier, broadcast_object, sum_over_ranks_
 from ffcv_bt.config import Recipe
 from ffcv_bt.data.eval_loader import make_eval_loader
-from ffcv_bt.distributed import DistInfo, set_cpu_compute_threads, all_reduce_sum, broadcast_object
-from ffcv_bt.io import atomic_torch_save, atomic_write_json
-from ffcv_bt.model import build_backbone, convert_sync_batchnorm
-from ffcv_bt.precision import autocast_dtype
+from ffcv_bt.data.manifest import Manifest, beton_path
+from ffcv_bt.distributed import DistInfo, set_cpu_compute_threads
+from ffcv_bt.errors import CheckpointError, ConfigError, NonFiniteLoss, Preempted
+from ffcv_bt.mixed_precision import autocast_dtype
+from ffcv_bt.model import convert_sync_batchnorm
+from ffcv_bt.preemption import StopSignals
 from ffcv_bt.schedules import cosine_epoch_lr
 
 PROTOCOLS = ("linear", "semi1", "semi10")
-
-
-class BackboneLoadError(ValueError):
-    """A backbone checkpoint is missing, corrupt or of the wrong architecture."""
 
 
 @dataclass
@@ -65,70 +65,7 @@ class ProtocolSettings:
             return cls(protocol, p["epochs"], p["batch_size"], p["lr_classifier"], p["lr_backbone"],
                        p["weight_decay"], p["momentum"], p["res"], p["resize"], "fp32",
                        int(protocol[4:]))
-        raise ValueError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _backbone_state_from_file(path: Path) -> dict[str, torch.Tensor]:
-    """Backbone tensors from our pretraining checkpoint, our <arch>.pth, or a torchvision
-    state dict (its ``fc.*`` entries are dropped)."""
-    if not path.is_file():
-        raise BackboneLoadError(f"{path}: backbone checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means corrupt
-        raise BackboneLoadError(f"{path}: not a readable PyTorch checkpoint ({exc})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):  # full checkpoint
-        state = {k[len("backbone."):]: v for k, v in state["model"].items()
-                 if k.startswith("backbone.")}
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BackboneLoadError(f"{path}: expected a state dict of tensors")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    return {k: v for k, v in state.items() if not k.startswith("fc.")}
-
-
-def load_backbone(weights: str, arch: str, width: int = 64, small_stem: bool = False,
-                  seed: int = 0) -> tuple[nn.Module, int]:
-    """The backbone to evaluate: ``weights`` is a checkpoint path or ``"random"``."""
-    torch.manual_seed(seed)
-    backbone, feat_dim = build_backbone(arch, width=width, zero_init_residual=True,
-                                        small_stem=small_stem)
-    if weights == "random":
-        return backbone, feat_dim
-    path = Path(weights)
-    state = _backbone_state_from_file(path)
-    expected = backbone.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs {arch} {tuple(v.shape)}"
-              for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        raise BackboneLoadError(
-            f"{path}: does not match {arch} (width {width}, small_stem {small_stem}): "
-            f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys "
-            f"{unexpected[:3]}, {len(shapes)} shape mismatches {shapes[:3]}")
-    backbone.load_state_dict(state)
-    return backbone, feat_dim
-
-
-def read_manifest(data_dir: str | Path) -> dict[str, Any]:
-    """The manifest.json that write_dataset.py wrote beside the .betons."""
-    return json.loads((Path(data_dir) / "manifest.json").read_text())
-
-
-def read_subset(data_dir: str | Path, percent: int) -> np.ndarray:
-    """Train-set indices of the 1% / 10% label subset written by write_dataset.py."""
-    path = Path(data_dir) / f"train_subset_{percent}.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: label subset not found; write_dataset.py writes it")
-    return np.loadtxt(path, dtype=np.int64, ndmin=1)
+        raise ConfigError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
@@ -166,20 +103,21 @@ class Evaluation:
         self.device = dist.device
         self.frozen = protocol == "linear"
         self.data_dir = Path(recipe["data"]["dir"])
-        self.manifest = read_manifest(self.data_dir)
+        self.manifest = Manifest.read(self.data_dir)
         self.train_loader, self.val_loader = self.create_loaders()
         self.model, self.ddp_model = self.create_model()
         self.optimizer = self.create_optimizer()
         self.amp_dtype = autocast_dtype(self.settings.precision, self.device) if self.frozen else None
         self.epoch, self.history, prior = self.resume()
         self.clock = StageClock(self.device, dist.world_size, prior_seconds=prior)
+        self.stop = StopSignals()
 
     def create_loaders(self):
         s, data = self.settings, self.recipe["data"]
         if s.batch_size % self.dist.world_size:
-            raise ValueError(f"{s.protocol}: batch size {s.batch_size} not divisible by "
+            raise ConfigError(f"{s.protocol}: batch size {s.batch_size} not divisible by "
                              f"{self.dist.world_size} ranks")
-        train_indices = None if s.subset_percent == 100 else read_subset(self.data_dir, s.subset_percent)
+        train_indices = None if s.subset_percent == 100 else self.manifest.read_subset(s.subset_percent)
         if train_indices is not None and self.dist.distributed:
             # Equal shares keep the ranks' batch counts equal (DDP needs that): drop the
             # last (len % world_size) < world_size indices of the subset.
@@ -188,13 +126,13 @@ class Evaluation:
         ratio = s.res / s.resize
         common = dict(num_workers=data["num_workers"], device=self.device, res=s.res,
                       resize_ratio=ratio, channels_last=self.channels_last)
-        train = make_eval_loader(str(self.data_dir / "train.beton"), s.batch_size // self.dist.world_size,
+        per_rank = s.batch_size // self.dist.world_size
+        train = make_eval_loader(str(beton_path(self.data_dir, "train")), per_rank,
                                  "train", indices=train_indices, seed=self.recipe["train"]["seed"],
                                  distributed=self.dist.distributed and train_indices is None,
                                  drop_last=False, **common)
-        n_val = int(self.manifest["splits"]["val"]["num_images"])
-        val_indices = np.arange(n_val)[self.dist.rank::self.dist.world_size]
-        val = make_eval_loader(str(self.data_dir / "val.beton"), s.batch_size // self.dist.world_size,
+        val_indices = np.arange(self.manifest.num_images("val"))[self.dist.rank::self.dist.world_size]
+        val = make_eval_loader(str(beton_path(self.data_dir, "val")), per_rank,
                                "val", indices=val_indices, distributed=False, **common)
         if self.device.type == "cpu":
             set_cpu_compute_threads()
@@ -209,7 +147,7 @@ class Evaluation:
         backbone, feat_dim = load_backbone(self.weights, m["arch"], m["width"], m["small_stem"],
                                            seed=self.recipe["train"]["seed"])
         torch.manual_seed(self.recipe["train"]["seed"] + 1)
-        model = Classifier(backbone, feat_dim, len(self.manifest["classes"]))
+        model = Classifier(backbone, feat_dim, len(self.manifest.classes))
         model = model.to(self.device)
         if self.frozen:
             model.backbone.requires_grad_(False)
@@ -237,24 +175,23 @@ class Evaluation:
                                weight_decay=s.weight_decay)
 
     def resume(self) -> tuple[int, list[dict], float]:
-        if not self.ckpt_path.is_file():
+        state = load_checkpoint(self.ckpt_path)
+        if state is None:
             return 0, [], 0.0
-        state = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
         if state["weights"] != self.weights:
-            raise RuntimeError(f"{self.ckpt_path} evaluates {state['weights']}, not {self.weights}; "
-                               f"use another output folder")
+            raise CheckpointError(f"{self.ckpt_path} evaluates {state['weights']}, not "
+                                  f"{self.weights}; use another output folder")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         return state["epoch"], json.loads(state["history"]), state["device_seconds"]
 
     def save_checkpoint(self) -> None:
         if self.dist.is_main:
-            atomic_torch_save(self.ckpt_path, {
+            save_checkpoint(self.ckpt_path, {
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "history": json.dumps(self.history),
                 "device_seconds": self.clock.seconds, "weights": self.weights})
-        if self.dist.distributed:
-            torch.distributed.barrier()
+        barrier()
 
     def check_frozen(self) -> None:
         """The linear probe's backbone must be bit-for-bit unchanged (BN stats included)."""
@@ -269,22 +206,29 @@ class Evaluation:
         """Train the remaining epochs, evaluating each; return the result."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         s = self.settings
-        while self.epoch < s.epochs:
-            self.clock.start()
+        with self.stop:
+            while self.epoch < s.epochs:
+                self.run_epoch()
+        return self.result()
+
+    def run_epoch(self) -> None:
+        """Train one epoch, validate, log, checkpoint."""
+        self.clock.start()
+        try:
             train_loss = self.train_epoch()
             top1, top5 = self.validate()
+        finally:
             self.clock.stop()
-            self.check_frozen()
-            record = {"epoch": self.epoch, "train_loss": train_loss, "top1": top1, "top5": top5,
-                      "lr_classifier": self.optimizer.param_groups[0]["lr"],
-                      "elapsed": self.clock.seconds}
-            self.history.append(record)
-            if self.dist.is_main:
-                with open(self.out_dir / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            self.epoch += 1
-            self.save_checkpoint()
-        return self.result()
+        self.check_frozen()
+        record = {"epoch": self.epoch, "train_loss": train_loss, "top1": top1, "top5": top5,
+                  "lr_classifier": self.optimizer.param_groups[0]["lr"],
+                  "elapsed": self.clock.seconds}
+        self.history.append(record)
+        if self.dist.is_main:
+            with open(self.out_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.epoch += 1
+        self.save_checkpoint()
 
     def train_epoch(self) -> float:
         s = self.settings
@@ -313,9 +257,18 @@ class Evaluation:
             self.optimizer.step()
             value = loss.item()
             if not math.isfinite(value):
-                raise RuntimeError(f"{s.protocol}: non-finite loss at epoch {self.epoch}")
+                raise NonFiniteLoss(f"{s.protocol}: non-finite loss at epoch {self.epoch}; lower "
+                                    f"the protocol's learning rate")
             total, count = total + value * labels.shape[0], count + labels.shape[0]
             bar.set_postfix(loss=f"{value:.4g}")
+            stop = self.stop.agreed()
+            if stop:
+                # The epoch's partial work is dropped: the checkpoint of its start is on disk,
+                # and the epoch replays identically (order and crops follow seed and epoch).
+                bar.close()
+                self.stop.hand_over()
+                raise Preempted(f"signal {stop} during {s.protocol} epoch {self.epoch}: "
+                                f"resumes from {self.ckpt_path} (epoch {self.epoch})")
         return total / max(count, 1)
 
     @torch.no_grad()
@@ -330,9 +283,7 @@ class Evaluation:
             c1, c5 = topk_correct(logits.float(), labels)
             counts += torch.tensor([c1, c5, labels.shape[0]], dtype=torch.float64)
         if self.dist.distributed:
-            counts = counts.to(self.device)
-            all_reduce_sum(counts)
-            counts = counts.cpu()
+            counts = sum_over_ranks_(counts.to(self.device)).cpu()
         return float(100 * counts[0] / counts[2]), float(100 * counts[1] / counts[2])
 
     def result(self) -> dict[str, Any]:
@@ -365,12 +316,12 @@ def evaluate(recipe: Recipe, protocol: str, weights: str, out_dir: str | Path,
     return broadcast_object(result)  # type: ignore[return-value]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     """``python -m ffcv_bt.evaluate --config RECIPE --protocol linear --weights PATH|random --out DIR``."""
     import argparse
 
-    from ffcv_bt.config import load_or_exit, parse_overrides
-    from ffcv_bt.distributed import setup, teardown
+    from ffcv_bt.config import load_recipe, parse_overrides
+    from ffcv_bt.distributed import process_group
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="recipe YAML (data and model keys)")
@@ -378,16 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", required=True,
                         help="backbone: our checkpoint/.pth, a torchvision state dict, or 'random'")
     parser.add_argument("--out", required=True, help="output folder (resumes)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     args, rest = parser.parse_known_args(argv)
-    recipe = load_or_exit(args.config, parse_overrides(rest))
-    dist = setup()
-    try:
+    recipe = load_recipe(args.config, parse_overrides(rest))
+    with process_group() as dist:
         result = evaluate(recipe, args.protocol, args.weights, args.out, dist)
-    except BackboneLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        teardown()
     if dist.is_main:
         print(f"{args.protocol}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}% "
               f"(best top-1 {result['best_top1']:.2f}% at epoch {result['best_epoch']})")
@@ -395,4 +341,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ffcv_bt.cli import run_command
+
+    raise SystemExit(run_command(main))

@@ -22,40 +22,13 @@ scales the gradient by 1 / world.)
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
-from ffcv_bt.sync_bn import all_reduce_sum, distributed_world, global_moments
+from ffcv_bt.collectives import differentiable_gather_rows, differentiable_sum_over_ranks, world_size
+from ffcv_bt.sync_bn import global_moments
 
 FORMULATIONS = ("auto", "cross", "gram")
 BN_EPS = 1e-5  # nn.BatchNorm1d's default, as in the reference
-
-
-class _AllGatherRows(torch.autograd.Function):
-    """Concatenate every rank's (n, d) rows; backward returns this rank's slice of the
-    gradient summed over ranks (the adjoint of gathering)."""
-
-    @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
-        tensor = tensor.contiguous()
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor)
-        ctx.rows = tensor.shape[0]
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = dist.get_rank() * ctx.rows
-        return grad[start:start + ctx.rows]
-
-
-def all_gather_rows(tensor: Tensor) -> Tensor:
-    """Differentiable concatenation of every rank's rows (equal row counts); identity alone."""
-    if distributed_world() == 1:
-        return tensor
-    return _AllGatherRows.apply(tensor)
 
 
 def normalize_embeddings(z: Tensor, eps: float = BN_EPS) -> tuple[Tensor, Tensor]:
@@ -89,7 +62,7 @@ def _off_diagonal(c: Tensor) -> Tensor:
 
 def _cross_terms(a: Tensor, b: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
     """(on-diagonal, off-diagonal) sums from the d x d cross-correlation."""
-    c = all_reduce_sum((a / n).T @ b)  # scaling the N x d factor saves a d x d pass
+    c = differentiable_sum_over_ranks((a / n).T @ b)  # scaling the N x d factor saves a d x d pass
     on_diag = (torch.diagonal(c) - 1).pow(2).sum()
     off_diag = _off_diagonal(c).pow(2).sum()
     return on_diag, off_diag
@@ -101,10 +74,10 @@ def _gram_terms(a: Tensor, b: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
     Each rank multiplies its own rows against the rows of all ranks, so the partial
     sums of <A A^T, B B^T> add up to the full one.
     """
-    gram_a = a @ all_gather_rows(a).T
-    gram_b = b @ all_gather_rows(b).T
+    gram_a = a @ differentiable_gather_rows(a).T
+    gram_b = b @ differentiable_gather_rows(b).T
     partials = torch.cat([(gram_a * gram_b).sum().view(1), (a * b).sum(dim=0)])
-    sums = all_reduce_sum(partials)
+    sums = differentiable_sum_over_ranks(partials)
     total = sums[0] / n**2
     diag = sums[1:] / n
     on_diag = (diag - 1).pow(2).sum()
@@ -119,7 +92,8 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 0.0051, scale_loss:
     Uses the default process group when one with more than one rank is initialised; every
     rank then returns the same global loss (see the module docstring for the gradient
     scale). Computed in float32 (float64 inputs stay float64) even under autocast. In a
-    process group, "gram" needs the same number of rows on every rank.
+    process group every rank must hold the same number of rows (the "gram" gather and the
+    formulation choice assume it).
     """
     if z1.dim() != 2 or z1.shape != z2.shape:
         raise ValueError(f"barlow_twins_loss expects two (n, d) tensors of equal shape, "
@@ -130,12 +104,10 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 0.0051, scale_loss:
         z2 = z2 if z2.dtype == torch.float64 else z2.float()
         a, n = normalize_embeddings(z1)
         b, _ = normalize_embeddings(z2)
-        world = distributed_world()
-        n_global = int(n.item()) if world > 1 else z1.shape[0]
+        # The global batch is rows x ranks: the pretraining loader drops partial batches,
+        # so every rank holds the same number of rows (no device sync to ask).
+        n_global = z1.shape[0] * world_size()
         form = choose_formulation(formulation, n_global, z1.shape[1])
-        if form == "gram" and n_global != z1.shape[0] * world:
-            raise ValueError(f"gram formulation needs equal batches on all {world} ranks "
-                             f"(global batch {n_global}, this rank {z1.shape[0]}); use 'cross'")
         terms = _gram_terms if form == "gram" else _cross_terms
         on_diag, off_diag = terms(a, b, n)
         return scale_loss * (on_diag + lambd * off_diag)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,42 +24,26 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ffcv_bt.accounting import StageClock, device_description
+from ffcv_bt.atomic_files import atomic_torch_save, atomic_write_json, atomic_write_text
+from ffcv_bt.checkpoints import load_checkpoint, save_checkpoint, to_cpu
+from ffcv_bt.collectives import barrier, broadcast_object
 from ffcv_bt.config import Recipe
+from ffcv_bt.data.manifest import beton_path
 from ffcv_bt.data.pretrain_loader import AugmentationParams, make_pretrain_loader
-from ffcv_bt.distributed import DistInfo, set_cpu_compute_threads, broadcast_object
-from ffcv_bt.io import atomic_torch_save, atomic_write_json, atomic_write_text
+from ffcv_bt.distributed import DistInfo, set_cpu_compute_threads
+from ffcv_bt.errors import ConfigError, NonFiniteLoss, Preempted
+from ffcv_bt.mixed_precision import autocast_dtype
 from ffcv_bt.model import BarlowTwins, convert_sync_batchnorm
 from ffcv_bt.objective import barlow_twins_loss
-from ffcv_bt.precision import autocast_dtype
 from ffcv_bt.optim import LARS, param_groups_for_lars, set_learning_rates
+from ffcv_bt.preemption import StopSignals
 from ffcv_bt.schedules import lr_at, resolution_at
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is kept."""
-
-
-class Preempted(Exception):
-    """A SIGTERM/SIGUSR1/SIGUSR2 arrived; a checkpoint was saved."""
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def augmentation_from_config(aug: dict[str, Any]) -> AugmentationParams:
-    """The recipe's ``aug`` section as the loader's per-view parameters."""
-    return AugmentationParams(
-        crop_scale=(aug["scale_min"], aug["scale_max"]),
-        flip_p=(aug["flip_p"], aug["flip_p"]), jitter_p=(aug["jitter_p"], aug["jitter_p"]),
-        brightness=aug["brightness"], contrast=aug["contrast"], saturation=aug["saturation"],
-        hue=aug["hue"], grayscale_p=(aug["grayscale_p"], aug["grayscale_p"]),
-        blur_p=(aug["blur_p1"], aug["blur_p2"]),
-        blur_sigma=(aug["blur_sigma_min"], aug["blur_sigma_max"]),
-        solarize_p=(aug["solarize_p1"], aug["solarize_p2"]),
-        solarize_threshold=aug["solarize_threshold"])
 
 
 def build_model(recipe: Recipe) -> BarlowTwins:
@@ -87,22 +70,18 @@ class Pretrainer:
         self.amp_dtype, self.scaler = self.create_precision()
         self.epoch, self.step, self.skip_batches, prior = self.resume()
         self.clock = StageClock(self.device, dist.world_size, prior_seconds=prior)
-        self.stop_signal: int | None = None
+        self.stop = StopSignals()
 
     # ----- construction -------------------------------------------------------------
     def create_loader(self):
         data, r = self.recipe["data"], self.recipe["resolution"]
         batch = self.recipe["optim"]["batch_size"]
         if batch % self.dist.world_size:
-            raise ValueError(f"optim.batch_size={batch} is not divisible by the "
-                             f"{self.dist.world_size} ranks")
-        beton = Path(data["dir"]) / "train.beton"
-        if not beton.is_file():
-            raise FileNotFoundError(f"{beton} not found (data.dir={data['dir']}); write it "
-                                    f"with write_dataset.py")
+            raise ConfigError(f"optim.batch_size={batch} (the global batch) is not divisible by "
+                              f"the {self.dist.world_size} ranks")
         loader = make_pretrain_loader(
-            str(beton), batch_size=batch // self.dist.world_size,
-            num_workers=data["num_workers"], aug=augmentation_from_config(self.recipe["aug"]),
+            str(beton_path(data["dir"], "train")), batch_size_per_rank=batch // self.dist.world_size,
+            num_workers=data["num_workers"], aug=AugmentationParams.from_config(self.recipe["aug"]),
             res=resolution_at(0, r["min_res"], r["max_res"], r["start_ramp"], r["end_ramp"]),
             seed=self.recipe["train"]["seed"], device=self.device,
             distributed=self.dist.distributed, order=data["order"], in_memory=data["in_memory"],
@@ -142,13 +121,11 @@ class Pretrainer:
 
     # ----- checkpoints ----------------------------------------------------------------
     def resume(self) -> tuple[int, int, int, float]:
-        """(epoch, step, batches to skip, device seconds so far) from checkpoint.pt, if any."""
-        if not self.ckpt_path.is_file():
+        """(epoch, step, batches to skip, device seconds so far) from the newest readable
+        checkpoint (the previous one if the newest is corrupt), if any."""
+        state = load_checkpoint(self.ckpt_path)
+        if state is None:
             return 0, 0, 0, 0.0
-        try:
-            state = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - report which file is broken
-            raise RuntimeError(f"cannot resume from {self.ckpt_path}: {exc}") from exc
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
@@ -162,10 +139,10 @@ class Pretrainer:
         return state["epoch"], state["step"], state["batch_in_epoch"], state["device_seconds"]
 
     def save_checkpoint(self, epoch: int, batch_in_epoch: int) -> None:
-        """Atomic full checkpoint (rank 0 writes; the others wait)."""
+        """Full checkpoint, CPU tensors, the previous one kept (rank 0 writes; all wait)."""
         if self.dist.is_main:
             np_state = np.random.get_state()
-            state = {
+            save_checkpoint(self.ckpt_path, {
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
@@ -176,10 +153,8 @@ class Pretrainer:
                                   *np_state[2:]],
                         "python": random.getstate()},
                 "config": self.recipe.values,
-            }
-            atomic_torch_save(self.ckpt_path, state)
-        if self.dist.distributed:
-            torch.distributed.barrier()
+            })
+        barrier()
 
     # ----- the loop -------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -188,13 +163,13 @@ class Pretrainer:
         if self.dist.is_main:
             atomic_write_text(self.out_dir / "config.yaml", self.recipe.to_yaml())
         epochs = self.recipe["optim"]["epochs"]
-        self._install_signal_handlers()
         last_loss = math.nan
-        while self.epoch < epochs:
-            last_loss = self.train_epoch(self.epoch)
-            self.epoch += 1
-            self.skip_batches = 0
-            self.save_checkpoint(self.epoch, 0)
+        with self.stop:
+            while self.epoch < epochs:
+                last_loss = self.train_epoch(self.epoch)
+                self.epoch += 1
+                self.skip_batches = 0
+                self.save_checkpoint(self.epoch, 0)
         return self.finish(last_loss)
 
     def steps_per_epoch(self) -> int:
@@ -202,15 +177,25 @@ class Pretrainer:
         return min(len(self.loader), limit) if limit else len(self.loader)
 
     def train_epoch(self, epoch: int) -> float:
+        """One epoch; returns its mean loss.
+
+        The host never waits for the device inside a step: losses accumulate on the device
+        and are read (and checked for NaN/inf) at each log interval and before any
+        checkpoint, so a checkpoint never holds weights updated by a non-finite loss.
+        """
         r, o = self.recipe["resolution"], self.recipe["optim"]
         res = resolution_at(epoch, r["min_res"], r["max_res"], r["start_ramp"], r["end_ramp"])
         self.loader.set_resolution(res)
         self.loader.set_epoch(epoch)
         steps = self.steps_per_epoch()
+        log_every = self.recipe["train"]["log_every"]
         self.model.train()
         bar = tqdm(total=steps, initial=self.skip_batches, disable=not self.dist.is_main,
                    desc=f"pretrain epoch {epoch + 1}/{o['epochs']} @{res}px", leave=False)
-        loss_sum, n_loss, window_images = 0.0, 0, 0
+        epoch_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        window = _LossWindow(self.device)
+        n_loss, window_images = 0, 0
+        first_step = self.step - self.skip_batches  # the step number of this epoch's batch 0
         self.clock.start()
         window_start = self.clock.seconds
         for batch_index, (view1, view2) in enumerate(self.loader):
@@ -222,35 +207,32 @@ class Pretrainer:
                             o["final_lr_ratio"])
             set_learning_rates(self.optimizer, lr_mult, o["lr_weights"], o["lr_biases"])
             loss = self.train_step(view1, view2)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                self.clock.stop()
-                raise NonFiniteLoss(
-                    f"non-finite loss ({loss_value}) at step {self.step} (epoch {epoch}, batch "
-                    f"{batch_index}); the last good checkpoint {self.ckpt_path} is kept. Lower the "
-                    f"learning rate or use precision bf16/fp32.")
-            loss_sum, n_loss = loss_sum + loss_value, n_loss + 1
+            window.add(loss, self.step)
+            epoch_loss += loss
+            n_loss += 1
             window_images += view1.shape[0] * self.dist.world_size
             self.step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4g}")
-            if self.step % self.recipe["train"]["log_every"] == 0 or batch_index == steps - 1:
-                now = self.clock.seconds  # loss.item() above synchronised the device
+            stop = self.stop.agreed()
+            if self.step % log_every == 0 or batch_index == steps - 1 or stop:
+                mean_loss = window.check(self.ckpt_path, epoch, first_step)  # waits for the device
+                now = self.clock.seconds
+                bar.set_postfix(loss=f"{mean_loss:.4g}")
                 self.log({"epoch": epoch, "step": self.step, "lr_weights": lr_mult * o["lr_weights"],
-                          "lr_biases": lr_mult * o["lr_biases"], "loss": loss_value,
+                          "lr_biases": lr_mult * o["lr_biases"], "loss": mean_loss,
                           "images_per_s": window_images / max(now - window_start, 1e-9),
                           "resolution": res, "elapsed": now})
                 window_start, window_images = now, 0
-            if self.stop_signal is not None:
+            if stop:
                 self.clock.stop()
                 bar.close()
                 self.save_checkpoint(epoch, batch_index + 1)
-                self._chain_previous_handler()
-                raise Preempted(f"signal {self.stop_signal}: checkpoint saved at epoch {epoch}, "
+                self.stop.hand_over()
+                raise Preempted(f"signal {stop}: checkpoint saved at epoch {epoch}, "
                                 f"batch {batch_index + 1}")
         self.clock.stop()
         bar.close()
-        return loss_sum / max(n_loss, 1)
+        return float(epoch_loss) / max(n_loss, 1)
 
     def train_step(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         """Forward both views, the objective in float32, backward, LARS step."""
@@ -287,29 +269,43 @@ class Pretrainer:
             **device_description(self.device),
         }
         if self.dist.is_main:
-            atomic_torch_save(self.out_dir / f"{arch}.pth", self.model.backbone_state_dict())
+            atomic_torch_save(self.out_dir / f"{arch}.pth", to_cpu(self.model.backbone_state_dict()))
             atomic_write_json(self.out_dir / "result.json", result)
-        if self.dist.distributed:
-            torch.distributed.barrier()
+        barrier()
         return result
 
-    def _install_signal_handlers(self) -> None:
-        """SIGTERM/SIGUSR1/SIGUSR2 (submitit's preemption signal): finish the current step,
-        checkpoint, exit; a chained submitit handler then requeues the job."""
-        def handler(signum: int, frame: Any) -> None:  # noqa: ARG001
-            self.stop_signal = signum
-        self._previous_handlers: dict[int, Any] = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-            try:
-                self._previous_handlers[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread (e.g. inside some launchers)
-                pass
 
-    def _chain_previous_handler(self) -> None:
-        """After our checkpoint, let a previous handler act (submitit's requeues the job)."""
-        previous = self._previous_handlers.get(self.stop_signal or -1)
-        if callable(previous):
-            previous(self.stop_signal, None)
+
+class _LossWindow:
+    """Losses of the steps since the last log, kept on the device: the sum, and the first
+    step whose loss was not finite (found without asking the device each step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.count = 0
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        self.total += loss.double()
+        bad = ~torch.isfinite(loss) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, step, self.first_bad_step)
+        self.count += 1
+
+    def check(self, checkpoint: Path, epoch: int, first_step: int) -> float:
+        """The window's mean loss; NonFiniteLoss if any step's loss was NaN or inf. Resets.
+
+        ``first_step`` is the step number of the epoch's first batch (to name the batch).
+        """
+        bad_step = int(self.first_bad_step)
+        mean = float(self.total) / max(self.count, 1)
+        if bad_step >= 0:
+            raise NonFiniteLoss(
+                f"non-finite loss at step {bad_step} (epoch {epoch}, batch {bad_step - first_step})"
+                f"; the last good checkpoint "
+                f"{checkpoint} is kept. Lower the learning rate or use precision bf16/fp32.")
+        self.total.zero_()
+        self.count = 0
+        return mean
 
 
 def _to_tuple(x: Any) -> Any:
@@ -327,29 +323,21 @@ def pretrain(recipe: Recipe, out_dir: str | Path, dist: DistInfo) -> dict[str, A
     return broadcast_object(result)  # type: ignore[return-value]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     """``python -m ffcv_bt.pretrain --config RECIPE --out DIR [--section.key=value ...]``."""
     import argparse
 
-    from ffcv_bt.config import load_or_exit, parse_overrides
-    from ffcv_bt.distributed import setup, teardown
+    from ffcv_bt.config import load_recipe, parse_overrides
+    from ffcv_bt.distributed import process_group
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="recipe YAML (rules/*.yaml)")
     parser.add_argument("--out", required=True, help="output folder (resumes if it has a checkpoint)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     args, rest = parser.parse_known_args(argv)
-    recipe = load_or_exit(args.config, parse_overrides(rest))
-    dist = setup()
-    try:
+    recipe = load_recipe(args.config, parse_overrides(rest))
+    with process_group() as dist:
         result = pretrain(recipe, args.out, dist)
-    except Preempted as exc:
-        print(str(exc), file=sys.stderr)
-        return 143
-    except NonFiniteLoss as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        teardown()
     if dist.is_main:
         print(f"pretraining done: backbone {result['backbone']}, "
               f"{result['device_hours']:.4f} device-hours")
@@ -357,4 +345,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from ffcv_bt.cli import run_command
+
+    raise SystemExit(run_command(main))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ffcv_bt.io import atomic_write, atomic_write_text
+from ffcv_bt.atomic_files import atomic_write, atomic_write_text
 
 RUNS_COLUMNS = ["run_id", "recipe", "protocol", "backbone", "epochs", "top1", "top5",
                 "best_top1", "pretrain_gpu_hours", "eval_gpu_hours", "device", "n_devices",

@@ -1,4 +1,5 @@
-"""Stages of one run (pretrain -> linear -> semi1 -> semi10) and the run's provenance.
+"""``run.py``: one recipe end to end, per seed: stages (pretrain -> linear -> semi1 ->
+semi10) into a run folder, with the run's provenance.
 
 The run folder holds ``run.json`` (recipe text, resolved config, code and library
 versions, device, per-stage wall time and device-hours), ``config.yaml``, and one
@@ -8,18 +9,21 @@ stage resumes from its checkpoint. Each finished evaluation appends one row to
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ffcv_bt.accounting import code_version, device_description, library_versions
-from ffcv_bt.config import REPO_ROOT, Recipe
-from ffcv_bt.distributed import DistInfo, barrier
-from ffcv_bt.evaluate import evaluate
-from ffcv_bt.io import atomic_write_json, atomic_write_text
-from ffcv_bt.pretrain import pretrain
-from ffcv_bt.results import append_run_row, generate
+from ffcv_bt.atomic_files import atomic_write_json, atomic_write_text
+from ffcv_bt.collectives import barrier, broadcast_object
+from ffcv_bt.config import REPO_ROOT, Recipe, load_recipe, parse_overrides
+from ffcv_bt.distributed import DistInfo, process_group
+from ffcv_bt.errors import RunFolderError
+
+DEFAULT_RECIPE = REPO_ROOT / "rules" / "demo.yaml"
 
 
 def _initial_metadata(recipe: Recipe, run_dir: Path, dist: DistInfo) -> dict[str, Any]:
@@ -37,9 +41,12 @@ def _load_metadata(recipe: Recipe, run_dir: Path, dist: DistInfo) -> dict[str, A
     path = run_dir / "run.json"
     if path.is_file():
         meta = json.loads(path.read_text())
-        if meta.get("config") != recipe.values:
-            raise ValueError(f"{path}: this run folder was made with another configuration; "
-                             f"use a new --out (or the same recipe and overrides)")
+        differences = recipe.differences(meta.get("config", {}))
+        if differences:
+            shown = "; ".join(differences[:5]) + (" ..." if len(differences) > 5 else "")
+            raise RunFolderError(f"{run_dir} was made with another configuration ({shown}); "
+                                 f"use another --out, or the recipe and overrides it was made with")
+        meta["config"] = recipe.values  # run-control sections (stages...) may change
         return meta
     return _initial_metadata(recipe, run_dir, dist)
 
@@ -58,6 +65,10 @@ def _evaluations(recipe: Recipe) -> list[tuple[str, str, str]]:
 
 def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path, dist: DistInfo) -> str:
     """Run every stage of ``recipe`` into ``run_dir``; return a printable summary."""
+    from ffcv_bt.evaluate import evaluate
+    from ffcv_bt.pretrain import pretrain
+    from ffcv_bt.results import append_run_row, generate
+
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = _load_metadata(recipe, run_dir, dist)
 
@@ -83,8 +94,8 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path, dist: DistInfo)
     if pretrain_file.is_file():
         pretrain_hours = json.loads(pretrain_file.read_text())["device_hours"]
     elif any(kind == "pretrained" for _, _, kind in evaluations):
-        raise FileNotFoundError(f"{pretrain_file}: evaluations need a finished pretraining "
-                                f"stage in this run folder (add 'pretrain' to --stages)")
+        raise RunFolderError(f"{pretrain_file} not found: evaluations need a finished "
+                             f"pretraining stage in this run folder (add 'pretrain' to --stages)")
 
     rows = []
     for key, protocol, kind in evaluations:
@@ -123,3 +134,71 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path, dist: DistInfo)
                      f"top-5 {row['top5']:6.2f}%  eval {row['eval_gpu_hours']:.4f} device-hours")
     lines.append(f"tables: {results_dir / 'README.md'}, plot: {results_dir / 'cost_accuracy.png'}")
     return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
+    parser = argparse.ArgumentParser(description="Run a Barlow Twins recipe end to end.",
+                                     epilog="Any --section.key=value overrides the recipe.")
+    parser.add_argument("--config", default=str(DEFAULT_RECIPE), help="recipe (rules/*.yaml)")
+    parser.add_argument("--out", default=None, help="run folder (default: results/runs/<recipe>-<time>,"
+                        " or the newest unfinished one of this recipe)")
+    parser.add_argument("--stages", default=None, help="subset of pretrain,linear,semi1,semi10")
+    parser.add_argument("--results-dir", default=str(REPO_ROOT / "results"),
+                        help="where runs.csv and the generated tables live")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and cost, run nothing")
+    parser.add_argument("--slurm", action="store_true", help="submit to SLURM through submitit")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
+    args, rest = parser.parse_known_args(argv)
+    overrides = parse_overrides(rest)
+    if args.stages:
+        overrides["run.stages"] = args.stages
+    return args, overrides
+
+
+def find_resumable(runs_dir: Path, recipe: Recipe) -> Path | None:
+    """Newest run folder of this recipe, with the same configuration, not yet finished."""
+    candidates = sorted(runs_dir.glob(f"{recipe.name}-*"), key=lambda p: p.name, reverse=True)
+    for folder in candidates:
+        meta = folder / "run.json"
+        if not meta.is_file():
+            continue
+        info = json.loads(meta.read_text())
+        if not info.get("finished") and not recipe.differences(info.get("config", {})):
+            return folder
+    return None
+
+
+def choose_run_dir(args: argparse.Namespace, recipe: Recipe) -> Path:
+    if args.out:
+        return Path(args.out)
+    runs_dir = Path(args.results_dir) / "runs"
+    existing = find_resumable(runs_dir, recipe)
+    if existing is not None:
+        print(f"resuming unfinished run {existing}", file=sys.stderr)
+        return existing
+    return runs_dir / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def main(argv: list[str]) -> int:
+    """``run.py``'s command line (see run.py)."""
+    args, overrides = parse_args(argv)
+    recipe = load_recipe(args.config, overrides)
+    if args.dry_run:
+        from ffcv_bt.dry_run import describe_plan
+
+        print(describe_plan(recipe))
+        return 0
+    if args.slurm:
+        from ffcv_bt.slurm import submit
+
+        run_dir = choose_run_dir(args, recipe)
+        job = submit(recipe, run_dir, argv, entry=main)
+        print(f"submitted SLURM job {job.job_id}; run folder {run_dir}")
+        return 0
+    with process_group() as dist:
+        chosen = str(choose_run_dir(args, recipe)) if dist.is_main else None
+        run_dir = Path(broadcast_object(chosen))  # type: ignore[arg-type]
+        summary = run_stages(recipe, run_dir, Path(args.results_dir), dist)
+    if dist.is_main:
+        print(summary)
+    return 0

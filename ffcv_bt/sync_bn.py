@@ -6,46 +6,15 @@ gloo runs use ``GlobalBatchNorm`` below; CUDA runs use torch's fused ``nn.SyncBa
 (see ``ffcv_bt.model.convert_sync_batchnorm``). The objective normalises its embeddings
 with the same ``global_moments``.
 
-Gradients: every collective here is autograd-aware, and the backward of a sum over ranks
-sums the incoming gradients of all ranks. Each rank's backward therefore computes the
-gradient of the SUM of all ranks' losses with respect to its local inputs, which is what
-torch's SyncBatchNorm does too.
+Gradients: the sums over ranks are ``ffcv_bt.collectives.differentiable_sum_over_ranks``,
+whose backward sums the incoming gradients of all ranks, as torch's SyncBatchNorm does.
 """
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
-
-def distributed_world() -> int:
-    """Number of ranks of the default process group (1 when none is initialised)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks whose backward also sums over ranks (the adjoint of a sum-broadcast)."""
-
-    @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
-        out = tensor.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
-
-
-def all_reduce_sum(tensor: Tensor) -> Tensor:
-    """Differentiable sum of ``tensor`` over all ranks; identity without a process group."""
-    if distributed_world() == 1:
-        return tensor
-    return _AllReduceSum.apply(tensor)
+from ffcv_bt.collectives import differentiable_sum_over_ranks, world_size
 
 
 def global_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -61,11 +30,11 @@ def global_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     dims = (0,) + tuple(range(2, x.dim()))
     local_count = x.numel() // x.shape[1]
     count = torch.tensor([float(local_count)], dtype=x.dtype, device=x.device)
-    sums = all_reduce_sum(torch.cat([x.sum(dim=dims), count]))
+    sums = differentiable_sum_over_ranks(torch.cat([x.sum(dim=dims), count]))
     total = sums[-1].detach()
     mean = sums[:-1] / total
     shape = [1, -1] + [1] * (x.dim() - 2)
-    var = all_reduce_sum((x - mean.view(shape)).pow(2).sum(dim=dims)) / total
+    var = differentiable_sum_over_ranks((x - mean.view(shape)).pow(2).sum(dim=dims)) / total
     return mean, var, total
 
 
@@ -83,7 +52,7 @@ class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        if not self.training or distributed_world() == 1:
+        if not self.training or world_size() == 1:
             return super().forward(input)
         x = input if input.dtype in (torch.float32, torch.float64) else input.float()
         mean, var, count = global_moments(x)

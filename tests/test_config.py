@@ -38,7 +38,10 @@ def test_1000ep_is_the_reference_recipe() -> None:
 
 
 def _write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    """A recipe file; without its own ``extends`` it extends rules/base.yaml."""
     path = tmp_path / name
+    if "extends:" not in text:
+        text = f"extends: {RULES_DIR / 'base.yaml'}\n" + text
     path.write_text(text)
     return path
 
@@ -49,7 +52,17 @@ def test_layering_and_overrides(tmp_path: Path) -> None:
     r = load_recipe(child, parse_overrides(["--optim.lr_weights=0.5", "--train.seed", "3"]))
     assert r["optim"]["epochs"] == 9 and r["optim"]["batch_size"] == 64
     assert r["optim"]["lr_weights"] == 0.5 and r["train"]["seed"] == 3
-    assert r["data"]["dir"] == "x" and r.files == [str(base.resolve()), str(child.resolve())]
+    assert r["data"]["dir"] == "x"
+    assert r.files == [str(RULES_DIR / "base.yaml"), str(base.resolve()), str(child.resolve())]
+
+
+def test_defaults_are_stated_once_in_base_yaml(tmp_path: Path) -> None:
+    """No key has a default in code: a recipe that does not extend base.yaml must set them
+    all, and the error says so."""
+    lone = tmp_path / "lone.yaml"
+    lone.write_text("data:\n  dir: x\neval:\n  protocol: standard\n")
+    with pytest.raises(ConfigError, match=r"required key '\w+\.\w+' is not set; extend rules/base.yaml"):
+        load_recipe(lone)
 
 
 @pytest.mark.parametrize("text, needles", [
@@ -61,7 +74,6 @@ def test_layering_and_overrides(tmp_path: Path) -> None:
     ("data:\n  dir: x\naug:\n  blur_p1: 1.5\n", ["aug.blur_p1", "between 0.0 and 1.0"]),
     ("data:\n  dir: x\nloss:\n  formulation: fast\n", ["loss.formulation", "gram"]),
     ("data:\n  dir: x\nlinear:\n  epochs: 5\n", ["linear", "protocol"]),
-    ("optim:\n  epochs: 5\n", ["data.dir", "required"]),
     ("data:\n  dir: x\nresolution:\n  min_res: 256\n  max_res: 224\n", ["min_res"]),
     ("data:\n  dir: x\nmodel:\n  projector: 8192-x\n", ["model.projector"]),
     ("data:\n  dir: x\neval:\n  protocol: nope\n", ["nope", "standard"]),

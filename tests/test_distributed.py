@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ffcv_bt.distributed import environment_ranks
 from ffcv_bt.slurm import strip_slurm_flag
 
@@ -39,6 +41,7 @@ def test_slurm_submission_writes_the_job_we_asked_for(tmp_path: Path, monkeypatc
     import pickle
 
     from ffcv_bt.config import RULES_DIR, load_recipe
+    from ffcv_bt.runner import main
     from ffcv_bt.slurm import submit
 
     bin_dir = tmp_path / "bin"
@@ -50,13 +53,27 @@ def test_slurm_submission_writes_the_job_we_asked_for(tmp_path: Path, monkeypatc
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     recipe = load_recipe(RULES_DIR / "1000ep.yaml", {"slurm.nodes": "2", "slurm.partition": "gpu"})
     run_dir = tmp_path / "run"
-    job = submit(recipe, run_dir, ["--config", "rules/1000ep.yaml", "--slurm"])
+    job = submit(recipe, run_dir, ["--config", "rules/1000ep.yaml", "--slurm"], entry=main)
     assert job.job_id == "42"
     script = (tmp_path / "job.sh").read_text()
-    for line in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=10",
+    for line in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=16",
                  "--time=4320", "--partition=gpu", "--signal=USR2@120"):
         assert line in script, line
     submitted = next(run_dir.joinpath("slurm").glob("*_submitted.pkl"))
     with open(submitted, "rb") as f:
         delayed = pickle.load(f)
     assert delayed.function.argv == ["--config", "rules/1000ep.yaml", "--out", str(run_dir)]
+    assert delayed.function.entry is main
+
+
+def test_slurm_refuses_fewer_cpus_than_loader_threads(tmp_path: Path) -> None:
+    """12 loader threads need 13 CPUs per task: numba refuses more threads than the task's
+    affinity, so every rank would die at its first epoch."""
+    from ffcv_bt.config import RULES_DIR, load_recipe
+    from ffcv_bt.errors import ConfigError
+    from ffcv_bt.runner import main
+    from ffcv_bt.slurm import submit
+
+    recipe = load_recipe(RULES_DIR / "1000ep.yaml", {"slurm.cpus_per_task": "10"})
+    with pytest.raises(ConfigError, match=r"slurm.cpus_per_task=10 .* >= 13"):
+        submit(recipe, tmp_path / "run", ["--slurm"], entry=main)

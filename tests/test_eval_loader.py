@@ -53,7 +53,7 @@ def centre_crop_reference(image: np.ndarray) -> np.ndarray:
 @pytest.mark.timeout(300)
 def test_val_loader_is_centre_crop_in_file_order(textured_beton):
     indices = [7, 2, 9, 0, 5]
-    loader = make_eval_loader(textured_beton, batch_size=2, split="val", num_workers=1,
+    loader = make_eval_loader(textured_beton, batch_size_per_rank=2, split="val", num_workers=1,
                               device="cpu", res=RES, resize_ratio=RATIO, indices=indices)
     assert len(loader) == 3  # no dropped batch: 2 + 2 + 1
     batches = [(x.clone(), y.clone()) for x, y in loader]
@@ -80,7 +80,7 @@ def test_val_loader_is_centre_crop_in_file_order(textured_beton):
 @pytest.mark.timeout(300)
 def test_train_loader_crops_flips_and_keeps_labels(tmp_path):
     beton = write_coded_beton(tmp_path / "coded.beton")
-    loader = make_eval_loader(beton, batch_size=8, split="train", num_workers=2, device="cpu",
+    loader = make_eval_loader(beton, batch_size_per_rank=8, split="train", num_workers=2, device="cpu",
                               res=RES, seed=1)
     assert len(loader) == NUM_IMAGES // 8
     epochs = []
@@ -106,7 +106,7 @@ def test_train_loader_crops_flips_and_keeps_labels(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_train_subset_smaller_than_a_batch_still_yields_it(textured_beton):
-    loader = make_eval_loader(textured_beton, batch_size=8, split="train", num_workers=1,
+    loader = make_eval_loader(textured_beton, batch_size_per_rank=8, split="train", num_workers=1,
                               device="cpu", res=RES, indices=[1, 4, 6])
     assert len(loader) == 1
     images, labels = next(iter(loader))

@@ -14,8 +14,10 @@ import torchvision
 
 from ffcv_bt.config import load_recipe
 from ffcv_bt.distributed import DistInfo
-from ffcv_bt.evaluate import (BackboneLoadError, Evaluation, evaluate, load_backbone,
-                              read_subset, topk_correct)
+from ffcv_bt.backbone_weights import load_backbone
+from ffcv_bt.data.manifest import Manifest
+from ffcv_bt.errors import BackboneLoadError
+from ffcv_bt.evaluate import Evaluation, evaluate, topk_correct
 from recipes import write_tiny_recipe
 
 CPU = DistInfo()
@@ -91,7 +93,7 @@ def test_frozen_check_catches_a_backbone_left_in_train_mode(tiny_dataset: Path, 
 def test_fine_tuning_sees_exactly_the_subset(tiny_dataset: Path, tmp_path: Path) -> None:
     recipe = _recipe(tmp_path, tiny_dataset)
     ev = Evaluation(recipe, "semi10", "random", tmp_path / "semi", CPU)
-    subset = read_subset(tiny_dataset, 10)
+    subset = Manifest.read(tiny_dataset).read_subset(10)
     from ffcv.reader import Reader
     all_labels = Reader(str(tiny_dataset / "train.beton")).metadata["f1"]
     seen = torch.cat([labels for _, labels in ev.train_loader]).numpy()

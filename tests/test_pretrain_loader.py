@@ -6,6 +6,7 @@ view tells which image it came from, while the ramp makes two crops of one image
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -16,7 +17,9 @@ import torch.multiprocessing as mp
 from ffcv.pipeline.compiler import Compiler
 
 from ffcv_bt.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from ffcv_bt.config import RULES_DIR, load_recipe
 from ffcv_bt.data.pretrain_loader import AugmentationParams, make_pretrain_loader
+from ffcv_bt.errors import ConfigError, DataError
 
 NUM_IMAGES = 40
 CODE_STEP = 6  # levels between the colours of consecutive labels
@@ -64,7 +67,9 @@ def assert_views_match_labels(images: torch.Tensor, labels: torch.Tensor) -> Non
         assert np.abs(error).max() <= 4
 
 
-SHAPE_ONLY = AugmentationParams(jitter_p=(0.0, 0.0), grayscale_p=(0.0, 0.0), solarize_p=(0.0, 0.0))
+REFERENCE_AUG = AugmentationParams.from_config(load_recipe(RULES_DIR / "base.yaml")["aug"])
+SHAPE_ONLY = dataclasses.replace(REFERENCE_AUG, jitter_p=(0.0, 0.0), grayscale_p=(0.0, 0.0),
+                                 solarize_p=(0.0, 0.0))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +88,7 @@ def test_two_view_loader_end_to_end(coded_beton):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        loader = make_pretrain_loader(coded_beton, batch_size=8, num_workers=2, aug=SHAPE_ONLY,
+        loader = make_pretrain_loader(coded_beton, batch_size_per_rank=8, num_workers=2, aug=SHAPE_ONLY,
                                       res=32, seed=3, device="cpu", with_labels=True)
         assert len(loader) == NUM_IMAGES // 8
         epoch0 = run_epoch(loader)
@@ -107,7 +112,7 @@ def test_two_view_loader_end_to_end(coded_beton):
 
     Compiler.set_enabled(False)  # JIT off: the ops' loops run as Python (kernels stay compiled)
     try:
-        python_loader = make_pretrain_loader(coded_beton, batch_size=8, num_workers=2,
+        python_loader = make_pretrain_loader(coded_beton, batch_size_per_rank=8, num_workers=2,
                                              aug=SHAPE_ONLY, res=32, seed=3, device="cpu",
                                              with_labels=True)
     finally:
@@ -130,17 +135,17 @@ def test_two_view_loader_end_to_end(coded_beton):
 
 
 def test_bad_arguments_name_the_problem(coded_beton, tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.beton"):
-        make_pretrain_loader(tmp_path / "missing.beton", 8, 1, AugmentationParams(), 32, 0, "cpu")
-    with pytest.raises(ValueError, match="order"):
-        make_pretrain_loader(coded_beton, 8, 1, AugmentationParams(), 32, 0, "cpu", order="shuffled")
-    with pytest.raises(ValueError, match=r"indices must lie in \[0, 40\)"):
-        make_pretrain_loader(coded_beton, 8, 1, AugmentationParams(), 32, 0, "cpu", indices=[0, 40])
+    with pytest.raises(DataError, match="missing.beton"):
+        make_pretrain_loader(tmp_path / "missing.beton", 8, 1, REFERENCE_AUG, 32, 0, "cpu")
+    with pytest.raises(ConfigError, match="order"):
+        make_pretrain_loader(coded_beton, 8, 1, REFERENCE_AUG, 32, 0, "cpu", order="shuffled")
+    with pytest.raises(DataError, match=r"indices must lie in \[0, 40\)"):
+        make_pretrain_loader(coded_beton, 8, 1, REFERENCE_AUG, 32, 0, "cpu", indices=[0, 40])
     with pytest.raises(ValueError, match="blur_p"):
-        AugmentationParams(blur_p=(1.0, 1.5))
+        dataclasses.replace(REFERENCE_AUG, blur_p=(1.0, 1.5))
     with pytest.raises(ValueError, match="flip_p must be a pair"):
-        AugmentationParams(flip_p=0.5)
-    assert AugmentationParams(flip_p=[0.5, 0.25]).flip_p == (0.5, 0.25)
+        dataclasses.replace(REFERENCE_AUG, flip_p=0.5)
+    assert dataclasses.replace(REFERENCE_AUG, flip_p=[0.5, 0.25]).flip_p == (0.5, 0.25)
 
 
 @pytest.mark.slow
@@ -148,7 +153,7 @@ def test_bad_arguments_name_the_problem(coded_beton, tmp_path):
 def test_same_seed_same_batches_for_any_worker_count_layout_and_restart(coded_beton):
     """Full augmentation. A fresh loader with 1 worker at set_epoch(1) reproduces epoch 1 of a
     running 2-worker loader, and so does the decode-twice layout."""
-    common = dict(batch_size=8, aug=AugmentationParams(), res=32, seed=7, device="cpu",
+    common = dict(batch_size_per_rank=8, aug=REFERENCE_AUG, res=32, seed=7, device="cpu",
                   with_labels=True)
     running = make_pretrain_loader(coded_beton, num_workers=2, **common)
     epoch0 = run_epoch(running)
@@ -169,7 +174,7 @@ def _rank_labels(rank: int, world_size: int, init_file: str, beton: str, out_dir
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}",
                                          rank=rank, world_size=world_size)
     try:
-        loader = make_pretrain_loader(beton, batch_size=5, num_workers=1, aug=SHAPE_ONLY, res=24,
+        loader = make_pretrain_loader(beton, batch_size_per_rank=5, num_workers=1, aug=SHAPE_ONLY, res=24,
                                       seed=5, device="cpu", distributed=True, with_labels=True)
         for epoch in range(2):
             labels = []

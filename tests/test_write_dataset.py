@@ -18,7 +18,7 @@ from PIL import Image
 from ffcv_bt.data import write as write_module
 from ffcv_bt.data.fashion_mnist import (CLASS_NAMES, FASHION_MNIST_DIR, materialise_fashion_mnist,
                                         read_idx)
-from ffcv_bt.data.write import (DatasetError, Sample, balanced_subset, subset_from_file, subset_size,
+from ffcv_bt.data.write import (DataError, Sample, balanced_subset, subset_from_file, subset_size,
                                 write_dataset)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -241,7 +241,7 @@ def test_balanced_subset_is_class_balanced_and_seeded():
 def test_subset_list_with_unknown_names_is_an_error_naming_file_and_names(tmp_path):
     samples = [Sample(Path(f"/d/train/c/img_{i}.JPEG"), 0) for i in range(5)]
     listing = save(tmp_path / "10percent.txt", b"img_1.JPEG\nnope_1.JPEG\nnope_2.JPEG\n")
-    with pytest.raises(DatasetError, match=r"10percent\.txt.*2 of 3.*nope_1\.JPEG, nope_2\.JPEG"):
+    with pytest.raises(DataError, match=r"10percent\.txt.*2 of 3.*nope_1\.JPEG, nope_2\.JPEG"):
         subset_from_file(listing, samples, set())
     indices, how = subset_from_file(listing, samples, {"nope_1.JPEG", "nope_2.JPEG"})
     assert indices == [1] and how["dropped_unreadable"] == ["nope_1.JPEG", "nope_2.JPEG"]
@@ -300,7 +300,7 @@ def test_failure_while_writing_leaves_no_beton(tmp_path, monkeypatch):
         (tmp_path / "data" / "train" / "cls" / "1.png").read_bytes()[:40])
     monkeypatch.setattr(write_module, "find_unreadable", lambda paths, num_workers: [])
     save(tmp_path / "out" / "manifest.json", b"{}")  # from an earlier run: must not survive
-    with pytest.raises(DatasetError, match=r"(?s)failed to load.*2\.png: UnidentifiedImageError"):
+    with pytest.raises(DataError, match=r"(?s)failed to load.*2\.png: UnidentifiedImageError"):
         write_dataset(tmp_path / "data", tmp_path / "out", write_mode="raw", num_workers=2)
     assert list((tmp_path / "out").iterdir()) == []  # neither the beton nor its temporary file
 
@@ -322,13 +322,13 @@ def make_tree(root: Path, files: list[str]) -> Path:
 ])
 def test_bad_layouts_are_errors_naming_the_path(tmp_path, files, message):
     data = make_tree(tmp_path / "data", files)
-    with pytest.raises(DatasetError, match=message):
+    with pytest.raises(DataError, match=message):
         write_dataset(data, tmp_path / "out", num_workers=1)
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_settings_are_errors_naming_the_value(tmp_path):
-    with pytest.raises(DatasetError, match=r"write_mode='png'.*compress_probability=1.5"):
+    with pytest.raises(DataError, match=r"write_mode='png'.*compress_probability=1.5"):
         write_dataset(tmp_path, tmp_path / "out", write_mode="png", compress_probability=1.5)
 
 
@@ -368,11 +368,11 @@ def write_idx(path: Path, array: np.ndarray, type_code: int = 0x08) -> Path:
 def test_read_idx_parses_header_and_data(tmp_path):
     array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
     assert np.array_equal(read_idx(write_idx(tmp_path / "a.gz", array)), array)
-    with pytest.raises(DatasetError, match=r"b\.gz: not an idx file of unsigned bytes"):
+    with pytest.raises(DataError, match=r"b\.gz: not an idx file of unsigned bytes"):
         read_idx(write_idx(tmp_path / "b.gz", array, type_code=0x0D))
     short = tmp_path / "c.gz"
     short.write_bytes(gzip.compress(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + b"12345"))
-    with pytest.raises(DatasetError, match=r"c\.gz: 5 bytes of data for shape \(10,\)"):
+    with pytest.raises(DataError, match=r"c\.gz: 5 bytes of data for shape \(10,\)"):
         read_idx(short)
 
 
@@ -390,7 +390,7 @@ def test_materialise_reuses_a_complete_folder_and_redoes_another_size(tmp_path):
     materialise_fashion_mnist(tmp_path, train_per_class=3, val_per_class=1)
     assert [len(list((images / "train" / name).iterdir())) for name in CLASS_NAMES] == [3] * 10
     assert not (tmp_path / ".images.partial").exists()
-    with pytest.raises(DatasetError, match=r"val: 1001 images per class asked"):
+    with pytest.raises(DataError, match=r"val: 1001 images per class asked"):
         materialise_fashion_mnist(tmp_path, val_per_class=1001)
 
 

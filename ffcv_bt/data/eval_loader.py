@@ -28,8 +28,7 @@ from ..ops.crop_decoder import MultiViewRandomResizedCropDecoder
 from ..ops.flip import RandomFlipViews
 from ..ops.rng import EpochSeed
 from .normalize import labels_to_device, normalize_images
-from .pretrain_loader import (check_beton, check_indices, default_device, ffcv_order,
-                              keep_torch_threads)
+from .ffcv_loading import build_loader, check_beton, check_indices, default_device, keep_torch_threads
 
 SPLITS = ("train", "val")
 
@@ -75,7 +74,8 @@ class EvalLoader:
         self.epoch += 1
 
 
-def make_eval_loader(beton: str | os.PathLike, batch_size: int, split: str, num_workers: int,
+def make_eval_loader(beton: str | os.PathLike, batch_size_per_rank: int, split: str,
+                     num_workers: int,
                      device: Optional[torch.device | str] = None, res: int = 224,
                      resize_ratio: float = 224 / 256, indices: Optional[Sequence[int]] = None,
                      seed: int = 0, distributed: bool = False, drop_last: Optional[bool] = None,
@@ -84,6 +84,7 @@ def make_eval_loader(beton: str | os.PathLike, batch_size: int, split: str, num_
 
     Parameters
     ----------
+    batch_size_per_rank : samples per batch on this rank (the global batch / world size).
     indices : restrict to these sample indices (e.g. the 1% / 10% label subsets).
     resize_ratio : val only: centre crop side / short side (224/256).
     drop_last : default True for train (False when the subset holds less than one batch on
@@ -92,14 +93,13 @@ def make_eval_loader(beton: str | os.PathLike, batch_size: int, split: str, num_
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if batch_size < 1 or num_workers < 1 or res < 1:
-        raise ValueError(f"batch_size, num_workers and res must be >= 1, got "
-                         f"{batch_size}, {num_workers}, {res}")
+    if batch_size_per_rank < 1 or num_workers < 1 or res < 1:
+        raise ValueError(f"batch_size_per_rank, num_workers and res must be >= 1, got "
+                         f"{batch_size_per_rank}, {num_workers}, {res}")
     if not 0 < resize_ratio <= 1:
         raise ValueError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
     field_names, num_samples = check_beton(beton, ["image", "label"])
     train = split == "train"
-    order = ffcv_order("random" if train else "sequential", distributed)
     epoch_seed = EpochSeed(seed)
     if train:
         image = PipelineSpec("image", MultiViewRandomResizedCropDecoder(res, epoch_seed, num_views=1),
@@ -115,14 +115,10 @@ def make_eval_loader(beton: str | os.PathLike, batch_size: int, split: str, num_
         per_rank = num_samples if subset is None else len(subset)
         if distributed:
             per_rank = math.ceil(per_rank / torch.distributed.get_world_size())
-        drop_last = train and per_rank >= batch_size
-    threads = torch.get_num_threads()  # FFCV's constructor changes it; give it back
-    loader = Loader(str(beton), batch_size=batch_size, num_workers=num_workers,
-                    os_cache=in_memory, order=order, distributed=distributed, seed=seed,
-                    indices=subset, pipelines=pipelines, drop_last=drop_last)
-    torch.set_num_threads(threads)
-    if len(loader) == 0:
-        raise ValueError(f"{beton} ({split}): {len(loader.first_traversal_order)} samples on this "
-                         f"rank give no batch of {batch_size}")
+        drop_last = train and per_rank >= batch_size_per_rank
+    loader = build_loader(beton, pipelines, batch_size_per_rank=batch_size_per_rank,
+                          num_workers=num_workers, order="random" if train else "sequential",
+                          distributed=distributed, seed=seed, indices=subset, drop_last=drop_last,
+                          in_memory=in_memory)
     device = default_device() if device is None else torch.device(device)
     return EvalLoader(loader, epoch_seed, device, channels_last)

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ffcv_bt.data.write import DatasetError
-from ffcv_bt.io import atomic_write_json
+from ffcv_bt.errors import DataError
+from ffcv_bt.atomic_files import atomic_write_json
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Digit prefixes keep the sorted folder order equal to the label order 0..9.
@@ -35,20 +35,20 @@ def read_idx(path: Path) -> np.ndarray:
         with gzip.open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise DatasetError(f"{path}: not found "
+        raise DataError(f"{path}: not found "
                            "(install the Debian package dataset-fashion-mnist)") from None
     except (OSError, EOFError) as error:
-        raise DatasetError(f"{path}: not a readable gzip file ({error})") from None
+        raise DataError(f"{path}: not a readable gzip file ({error})") from None
     if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
-        raise DatasetError(f"{path}: not an idx file of unsigned bytes (header {raw[:4].hex()})")
+        raise DataError(f"{path}: not an idx file of unsigned bytes (header {raw[:4].hex()})")
     ndim = raw[3]
     header_size = 4 + 4 * ndim
     if len(raw) < header_size:
-        raise DatasetError(f"{path}: header truncated")
+        raise DataError(f"{path}: header truncated")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     data = np.frombuffer(raw, np.uint8, offset=header_size)
     if data.size != int(np.prod(shape)):
-        raise DatasetError(f"{path}: {data.size} bytes of data for shape {shape}")
+        raise DataError(f"{path}: {data.size} bytes of data for shape {shape}")
     return data.reshape(shape)
 
 
@@ -56,7 +56,7 @@ def _read_split(source_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     images_file, labels_file = SOURCE_FILES[split]
     images, labels = read_idx(source_dir / images_file), read_idx(source_dir / labels_file)
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise DatasetError(f"{source_dir}: {images_file} {images.shape} does not match "
+        raise DataError(f"{source_dir}: {images_file} {images.shape} does not match "
                            f"{labels_file} {labels.shape}")
     return images, labels
 
@@ -67,7 +67,7 @@ def _first_per_class(labels: np.ndarray, per_class: int | None, split: str) -> n
     for label in range(len(CLASS_NAMES)):
         members = np.flatnonzero(labels == label)
         if per_class is not None and per_class > len(members):
-            raise DatasetError(f"{split}: {per_class} images per class asked, "
+            raise DataError(f"{split}: {per_class} images per class asked, "
                                f"class {CLASS_NAMES[label]} has {len(members)}")
         chosen.append(members if per_class is None else members[:per_class])
     return np.sort(np.concatenate(chosen))
@@ -104,7 +104,7 @@ def materialise_fashion_mnist(out_dir: str | os.PathLike, train_per_class: int |
     if _is_complete(images_dir, wanted):
         return images_dir
     if images_dir.exists() and not (images_dir / MARKER).exists():
-        raise DatasetError(f"{images_dir}: exists but was not made by the Fashion-MNIST demo; "
+        raise DataError(f"{images_dir}: exists but was not made by the Fashion-MNIST demo; "
                            "remove it or choose another --out-dir")
 
     shutil.rmtree(partial, ignore_errors=True)

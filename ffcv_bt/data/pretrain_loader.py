@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
-import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
-from ffcv.loader import Loader, OrderOption
+from ffcv.loader import Loader
 from ffcv.pipeline import PipelineSpec
-from ffcv.reader import Reader
 from ffcv.transforms import ToTensor
 
 from ..ops.blur import RandomGaussianBlurViews
@@ -36,32 +34,31 @@ from ..ops.flip import RandomFlipViews
 from ..ops.grayscale import RandomGrayscaleViews
 from ..ops.rng import EpochSeed
 from ..ops.solarize import RandomSolarizeViews
+from .ffcv_loading import build_loader, check_beton, check_indices, default_device, keep_torch_threads
 from .normalize import labels_to_device, normalize_images
-
-ORDERS = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM,
-          "sequential": OrderOption.SEQUENTIAL}
-
 
 @dataclass
 class AugmentationParams:
     """Barlow Twins augmentations; pairs are (view 1, view 2) probabilities.
 
-    Defaults are the reference recipe. Lists (from YAML) are accepted for the pairs.
+    No defaults here: the recipe's ``aug`` section (rules/base.yaml states the reference's
+    values) is the one place they are written; build with :meth:`from_config`. Lists (from
+    YAML) are accepted for the pairs.
     """
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: tuple[float, float] = (0.5, 0.5)
-    jitter_p: tuple[float, float] = (0.8, 0.8)
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_p: tuple[float, float] = (0.2, 0.2)
-    blur_p: tuple[float, float] = (1.0, 0.1)
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    blur_kernel_fraction: float = 0.1
-    solarize_p: tuple[float, float] = (0.0, 0.2)
-    solarize_threshold: int = 128
+    crop_scale: tuple[float, float]
+    flip_p: tuple[float, float]
+    jitter_p: tuple[float, float]
+    brightness: float
+    contrast: float
+    saturation: float
+    hue: float
+    grayscale_p: tuple[float, float]
+    blur_p: tuple[float, float]
+    blur_sigma: tuple[float, float]
+    solarize_p: tuple[float, float]
+    solarize_threshold: int
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # torchvision RandomResizedCrop's, fixed
+    blur_kernel_fraction: float = 0.1  # reference kernel: 10% of the side (see ops/blur.py)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -75,48 +72,25 @@ class AugmentationParams:
                 raise ValueError(f"augmentation.{f.name} must hold probabilities in [0, 1], got {value}")
 
     @classmethod
-    def no_augmentation(cls) -> "AugmentationParams":
+    def from_config(cls, aug: dict[str, Any]) -> AugmentationParams:
+        """The recipe's ``aug`` section as per-view parameters."""
+        return cls(
+            crop_scale=(aug["scale_min"], aug["scale_max"]),
+            flip_p=(aug["flip_p"], aug["flip_p"]), jitter_p=(aug["jitter_p"], aug["jitter_p"]),
+            brightness=aug["brightness"], contrast=aug["contrast"], saturation=aug["saturation"],
+            hue=aug["hue"], grayscale_p=(aug["grayscale_p"], aug["grayscale_p"]),
+            blur_p=(aug["blur_p1"], aug["blur_p2"]),
+            blur_sigma=(aug["blur_sigma_min"], aug["blur_sigma_max"]),
+            solarize_p=(aug["solarize_p1"], aug["solarize_p2"]),
+            solarize_threshold=aug["solarize_threshold"])
+
+    @classmethod
+    def no_augmentation(cls) -> AugmentationParams:
         """Whole-image crops and every probability 0: views are plain resizes of the image."""
-        return cls(crop_scale=(1.0, 1.0), crop_ratio=(1e-3, 1e3), flip_p=(0.0, 0.0),
-                   jitter_p=(0.0, 0.0), grayscale_p=(0.0, 0.0), blur_p=(0.0, 0.0),
-                   solarize_p=(0.0, 0.0))
-
-
-def check_beton(beton: str | os.PathLike, required_fields: Sequence[str]) -> tuple[list[str], int]:
-    """Field names and sample count of ``beton``; a clear error if it or a field is missing."""
-    if not os.path.isfile(beton):
-        raise FileNotFoundError(f"dataset file not found: {beton}")
-    reader = Reader(str(beton))
-    names = list(reader.handlers)
-    missing = [name for name in required_fields if name not in names]
-    if missing:
-        raise ValueError(f"{beton}: missing field(s) {missing}; it has {names}")
-    return names, int(reader.num_samples)
-
-
-def check_indices(beton: str | os.PathLike, indices: Optional[Sequence[int]],
-                  num_samples: int) -> Optional[np.ndarray]:
-    """``indices`` as a uint64 array (None stays None); a clear error if one is out of range."""
-    if indices is None:
-        return None
-    array = np.asarray(indices)
-    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{beton}: indices must be a non-empty list of integers")
-    if array.min() < 0 or array.max() >= num_samples:
-        raise ValueError(f"{beton}: indices must lie in [0, {num_samples}), got "
-                         f"{array.min()}..{array.max()}")
-    return array.astype(np.uint64)
-
-
-def ffcv_order(order: str, distributed: bool) -> OrderOption:
-    """FFCV's traversal order for ``order``; a clear error for unknown or unsupported ones."""
-    if order not in ORDERS:
-        raise ValueError(f"order must be one of {sorted(ORDERS)}, got {order!r}")
-    if distributed and order == "quasi_random":
-        raise ValueError("order 'quasi_random' is not supported by FFCV with distributed=True")
-    if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        raise RuntimeError("distributed=True needs torch.distributed initialised before the loader")
-    return ORDERS[order]
+        off = (0.0, 0.0)
+        return cls(crop_scale=(1.0, 1.0), crop_ratio=(1e-3, 1e3), flip_p=off, jitter_p=off,
+                   brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_p=off,
+                   blur_p=off, blur_sigma=(0.1, 0.1), solarize_p=off, solarize_threshold=128)
 
 
 def view_transforms(aug: AugmentationParams, seed: EpochSeed, views: slice) -> list:
@@ -157,21 +131,6 @@ def two_view_pipelines(aug: AugmentationParams, res: int, seed: EpochSeed, decod
         "image": PipelineSpec("image", first, view_transforms(aug, seed, slice(0, 1))),
         "image2": PipelineSpec("image", second, view_transforms(aug, seed, slice(1, 2))),
     }, [first, second]
-
-
-def keep_torch_threads(loader: Loader) -> Iterator:
-    """Iterate ``loader`` with the caller's torch thread count.
-
-    FFCV sets torch's thread count to its worker count when an epoch starts (in ``__iter__``
-    and again in its batch thread); left alone, torch work on the CPU then competes with the
-    numba workers for the cores. The count is restored once the first batch arrives, when
-    both calls have happened.
-    """
-    threads = torch.get_num_threads()
-    for i, batch in enumerate(loader):
-        if i == 0:
-            torch.set_num_threads(threads)
-        yield batch
 
 
 class TwoViewLoader:
@@ -236,12 +195,7 @@ class TwoViewLoader:
         self.epoch += 1
 
 
-def default_device() -> torch.device:
-    """CUDA (this process's current device) when available, else CPU."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def make_pretrain_loader(beton: str | os.PathLike, batch_size: int, num_workers: int,
+def make_pretrain_loader(beton: str | os.PathLike, batch_size_per_rank: int, num_workers: int,
                          aug: AugmentationParams, res: int, seed: int,
                          device: Optional[torch.device | str] = None, distributed: bool = False,
                          order: str = "random", in_memory: bool = True,
@@ -252,7 +206,7 @@ def make_pretrain_loader(beton: str | os.PathLike, batch_size: int, num_workers:
 
     Parameters
     ----------
-    batch_size : samples per batch on this rank.
+    batch_size_per_rank : samples per batch on this rank (the global batch / world size).
     num_workers : numba threads decoding and augmenting.
     aug : augmentation strengths and per-view probabilities.
     res : side of the square views (change later with ``set_resolution``).
@@ -266,12 +220,11 @@ def make_pretrain_loader(beton: str | os.PathLike, batch_size: int, num_workers:
     indices : restrict to these sample indices of the file.
     with_labels : also yield the int64 labels (the "label" field).
     """
-    if batch_size < 1 or num_workers < 1 or res < 1:
-        raise ValueError(f"batch_size, num_workers and res must be >= 1, got "
-                         f"{batch_size}, {num_workers}, {res}")
+    if batch_size_per_rank < 1 or num_workers < 1 or res < 1:
+        raise ValueError(f"batch_size_per_rank, num_workers and res must be >= 1, got "
+                         f"{batch_size_per_rank}, {num_workers}, {res}")
     required = ["image", "label"] if with_labels else ["image"]
     field_names, num_samples = check_beton(beton, required)
-    ffcv_order_option = ffcv_order(order, distributed)
     epoch_seed = EpochSeed(seed)
     pipelines, decoders = two_view_pipelines(aug, res, epoch_seed, decode_once)
     for name in field_names:
@@ -279,14 +232,9 @@ def make_pretrain_loader(beton: str | os.PathLike, batch_size: int, num_workers:
             pipelines[name] = None  # disabled field
     if with_labels:
         pipelines["label"] = PipelineSpec("label", IntDecoder(), [ToTensor()])
-    threads = torch.get_num_threads()  # FFCV's constructor changes it; give it back
-    loader = Loader(str(beton), batch_size=batch_size, num_workers=num_workers,
-                    os_cache=in_memory, order=ffcv_order_option, distributed=distributed,
-                    seed=seed, indices=check_indices(beton, indices, num_samples),
-                    pipelines=pipelines, drop_last=drop_last)
-    torch.set_num_threads(threads)
-    if len(loader) == 0:
-        raise ValueError(f"{beton}: {len(loader.first_traversal_order)} samples on this rank "
-                         f"give no batch of {batch_size} with drop_last={drop_last}")
+    loader = build_loader(beton, pipelines, batch_size_per_rank=batch_size_per_rank,
+                          num_workers=num_workers, order=order, distributed=distributed,
+                          seed=seed, indices=check_indices(beton, indices, num_samples),
+                          drop_last=drop_last, in_memory=in_memory)
     device = default_device() if device is None else torch.device(device)
     return TwoViewLoader(loader, decoders, epoch_seed, device, channels_last, with_labels)

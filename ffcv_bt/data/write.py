@@ -30,13 +30,14 @@ import PIL
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from ffcv_bt.io import atomic_write, atomic_write_json, atomic_write_text
+from ffcv_bt.atomic_files import atomic_write
+from ffcv_bt.data.manifest import MANIFEST_NAME, SPLITS, Manifest, beton_path, count_per_class
+from ffcv_bt.errors import DataError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp"})
 WRITE_MODES = ("raw", "jpg", "smart", "proportion")
 SUBSET_PERCENTS = (1, 10)
-SPLITS = ("train", "val")
 ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 RGB_CONVERSION = (
@@ -44,10 +45,6 @@ RGB_CONVERSION = (
     "alpha (RGBA, LA, PA, P or RGB with transparency) composited on white; "
     "every other mode (L, 1, P, CMYK, YCbCr...) by PIL convert('RGB'); "
     "longest side shrunk to max_resolution (cv2 INTER_AREA, each side at least 1 px)")
-
-
-class DatasetError(Exception):
-    """Bad input for the conversion; the message names the offending path, key or value."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +67,7 @@ def list_classes(split_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
     Hidden entries and files at class level are ignored and returned as skipped entries.
     """
     if not split_dir.is_dir():
-        raise DatasetError(f"{split_dir}: missing directory (expected one subfolder per class)")
+        raise DataError(f"{split_dir}: missing directory (expected one subfolder per class)")
     classes, skipped = [], []
     for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
         if entry.name.startswith("."):
@@ -80,7 +77,7 @@ def list_classes(split_dir: Path) -> tuple[list[str], list[dict[str, str]]]:
         else:
             skipped.append(_skip(Path(entry.path), "not a class directory"))
     if not classes:
-        raise DatasetError(f"{split_dir}: no class subfolders found")
+        raise DataError(f"{split_dir}: no class subfolders found")
     return classes, skipped
 
 
@@ -259,10 +256,10 @@ def subset_from_file(list_path: Path, samples: Sequence[Sample],
     try:
         text = list_path.read_text()
     except (OSError, UnicodeDecodeError) as error:
-        raise DatasetError(f"subset file {list_path}: cannot read it ({error})") from None
+        raise DataError(f"subset file {list_path}: cannot read it ({error})") from None
     names = [Path(line.strip()).name for line in text.splitlines() if line.strip()]
     if not names:
-        raise DatasetError(f"subset file {list_path}: no file names in it")
+        raise DataError(f"subset file {list_path}: no file names in it")
     index_of: dict[str, int] = {}
     counts = Counter(sample.path.name for sample in samples)
     for index, sample in enumerate(samples):
@@ -270,11 +267,11 @@ def subset_from_file(list_path: Path, samples: Sequence[Sample],
     dropped = sorted({name for name in names if name in skipped_names and name not in index_of})
     missing = [name for name in names if name not in index_of and name not in skipped_names]
     if missing:
-        raise DatasetError(f"subset file {list_path}: {len(missing)} of {len(names)} names are not "
+        raise DataError(f"subset file {list_path}: {len(missing)} of {len(names)} names are not "
                            f"train images, first ones: {', '.join(missing[:5])}")
     ambiguous = sorted({name for name in names if counts[name] > 1})
     if ambiguous:
-        raise DatasetError(f"subset file {list_path}: names matching several train images: "
+        raise DataError(f"subset file {list_path}: names matching several train images: "
                            f"{', '.join(ambiguous[:5])}")
     indices = sorted({index_of[name] for name in names if name in index_of})
     sha256 = hashlib.sha256(list_path.read_bytes()).hexdigest()
@@ -289,7 +286,7 @@ def resolve_subsets(samples: Sequence[Sample], subset_files: dict[int, str] | No
     subset_files = dict(subset_files or {})
     unknown = sorted(set(subset_files) - set(SUBSET_PERCENTS))
     if unknown:
-        raise DatasetError(f"subset files given for {unknown} %; only {list(SUBSET_PERCENTS)} exist")
+        raise DataError(f"subset files given for {unknown} %; only {list(SUBSET_PERCENTS)} exist")
     skipped_names = {Path(entry["path"]).name for entry in unreadable}
     subsets = {}
     for percent in SUBSET_PERCENTS:
@@ -382,7 +379,7 @@ def _write_beton_here(samples: Sequence[Sample], path: Path, *, write_mode: str,
         failed = [samples[i].path for i in range(len(samples)) if images.failed[i]]
         if failed:
             listing = "\n  ".join(f"{p}: {_load_error(p, max_resolution)}" for p in failed)
-            raise DatasetError(f"{len(failed)} images passed validation but failed to load while "
+            raise DataError(f"{len(failed)} images passed validation but failed to load while "
                                f"writing {path}; nothing written:\n  {listing}")
 
     atomic_write(path, write)
@@ -411,18 +408,18 @@ def _check_settings(write_mode: str, max_resolution: int | None, compress_probab
     if chunk_size < 1:
         problems.append(f"chunk_size={chunk_size} (must be >= 1)")
     if problems:
-        raise DatasetError("bad settings: " + "; ".join(problems))
+        raise DataError("bad settings: " + "; ".join(problems))
 
 
 def scan_dataset(data_dir: Path) -> tuple[list[str], dict[str, list[Sample]], list[dict[str, str]]]:
     """Classes (from train/), samples per split and ignored entries; val uses train's indices."""
     if not data_dir.is_dir():
-        raise DatasetError(f"{data_dir}: data directory not found")
+        raise DataError(f"{data_dir}: data directory not found")
     classes, skipped = list_classes(data_dir / "train")
     val_classes, val_skipped = list_classes(data_dir / "val")
     unknown = [name for name in val_classes if name not in classes]
     if unknown:
-        raise DatasetError(f"{data_dir / 'val'}: classes missing from {data_dir / 'train'}: "
+        raise DataError(f"{data_dir / 'val'}: classes missing from {data_dir / 'train'}: "
                            f"{', '.join(unknown)}")
     skipped += val_skipped
     samples = {}
@@ -438,7 +435,7 @@ def drop_unreadable(samples: dict[str, list[Sample]], num_workers: int, skip_bad
     bad = find_unreadable([s.path for split in SPLITS for s in samples[split]], num_workers)
     if bad and not skip_bad:
         listing = "\n  ".join(f"{entry['path']}: {entry['reason']}" for entry in bad)
-        raise DatasetError(f"{len(bad)} unreadable image files (pass --skip-bad to leave them out); "
+        raise DataError(f"{len(bad)} unreadable image files (pass --skip-bad to leave them out); "
                            f"nothing written:\n  {listing}")
     bad_paths = {entry["path"] for entry in bad}
     readable = {split: [s for s in samples[split] if str(s.path) not in bad_paths] for split in SPLITS}
@@ -447,17 +444,12 @@ def drop_unreadable(samples: dict[str, list[Sample]], num_workers: int, skip_bad
 
 def _check_not_empty(data_dir: Path, classes: Sequence[str], samples: dict[str, list[Sample]]) -> None:
     """Every train class needs an image (as in ImageFolder), and val needs at least one."""
-    train_counts = _per_class([s.label for s in samples["train"]], classes)
+    train_counts = count_per_class([s.label for s in samples["train"]], classes)
     empty = [str(data_dir / "train" / name) for name, count in train_counts.items() if count == 0]
     if empty:
-        raise DatasetError(f"train classes without readable images: {', '.join(empty)}")
+        raise DataError(f"train classes without readable images: {', '.join(empty)}")
     if not samples["val"]:
-        raise DatasetError(f"{data_dir / 'val'}: no readable images")
-
-
-def _per_class(labels: Sequence[int], classes: Sequence[str]) -> dict[str, int]:
-    counts = Counter(labels)
-    return {name: counts[label] for label, name in enumerate(classes)}
+        raise DataError(f"{data_dir / 'val'}: no readable images")
 
 
 def _versions() -> dict[str, str]:
@@ -473,7 +465,7 @@ def write_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                   skip_bad: bool = False) -> dict[str, Any]:
     """Convert ``data_dir/{train,val}`` into ``out_dir`` and return the manifest written there.
 
-    Defaults are FFCV's published ImageNet settings. Raises DatasetError, before writing
+    Defaults are FFCV's published ImageNet settings. Raises DataError, before writing
     anything, for bad input: missing folders, val classes that train lacks, empty classes,
     unreadable images (unless ``skip_bad``) and bad subset lists.
     """
@@ -488,28 +480,21 @@ def write_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     subsets = resolve_subsets(samples["train"], subset_files, seed, unreadable)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "manifest.json").unlink(missing_ok=True)  # present again only once all is written
-    manifest: dict[str, Any] = {"data_dir": str(data_dir), "classes": classes, "splits": {}}
+    (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # present again only once all is written
+    manifest = Manifest.new(out_dir, data_dir, classes)
     for split in SPLITS:
-        path = out_dir / f"{split}.beton"
-        write_beton(samples[split], path, write_mode=write_mode, max_resolution=max_resolution,
-                    compress_probability=compress_probability, jpeg_quality=jpeg_quality,
-                    num_workers=num_workers, chunk_size=chunk_size, seed=seed)
-        labels = [s.label for s in samples[split]]
-        manifest["splits"][split] = {"file": path.name, "num_images": len(labels),
-                                     "per_class": _per_class(labels, classes)}
-    manifest["subsets"] = {}
+        write_beton(samples[split], beton_path(out_dir, split), write_mode=write_mode,
+                    max_resolution=max_resolution, compress_probability=compress_probability,
+                    jpeg_quality=jpeg_quality, num_workers=num_workers, chunk_size=chunk_size,
+                    seed=seed)
+        manifest.add_split(split, [s.label for s in samples[split]])
     for percent, (indices, how) in subsets.items():
-        path = out_dir / f"train_subset_{percent}.txt"
-        atomic_write_text(path, "".join(f"{i}\n" for i in indices))
-        labels = [samples["train"][i].label for i in indices]
-        manifest["subsets"][str(percent)] = {"file": path.name, "count": len(indices), **how,
-                                             "per_class": _per_class(labels, classes)}
-    manifest["settings"] = {
+        manifest.add_subset(percent, indices, [samples["train"][i].label for i in indices], how)
+    manifest.content["settings"] = {
         "write_mode": write_mode, "max_resolution": max_resolution,
         "compress_probability": compress_probability, "jpeg_quality": jpeg_quality,
         "num_workers": num_workers, "chunk_size": chunk_size, "seed": seed, "skip_bad": skip_bad,
         "rgb_conversion": RGB_CONVERSION}
-    manifest.update(skipped=skipped, versions=_versions())
-    atomic_write_json(out_dir / "manifest.json", manifest)
-    return manifest
+    manifest.content.update(skipped=skipped, versions=_versions())
+    manifest.write()
+    return manifest.content

@@ -12,8 +12,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then atomically rename ``tmp_path`` to ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None],
+                 keep_previous: str | os.PathLike | None = None) -> Path:
+    """Call ``write(tmp_path)`` then atomically rename ``tmp_path`` to ``path``.
+
+    With ``keep_previous``, the file ``path`` held until now is first renamed there, so
+    the last two versions stay on disk (at every instant at least one complete one).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -23,6 +28,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; shared datasets need the usual mode
     try:
         write(tmp)
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -46,8 +53,9 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
+def atomic_torch_save(path: str | os.PathLike, obj: Any,
+                      keep_previous: str | os.PathLike | None = None) -> Path:
     """``torch.save`` to ``path`` atomically (a kill mid-save keeps the previous file)."""
     import torch
 
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp), keep_previous)

@@ -1,0 +1,161 @@
+"""What the pretraining and evaluation loaders share: opening a .beton with clear errors,
+building FFCV's ``Loader`` around given pipelines, and living with FFCV's side effects.
+
+FFCV 1.0.2 facts handled here (from its source, ffcv/loader/loader.py and
+ffcv/pipeline/compiler.py): the Loader sets numba's AND torch's thread counts to its worker
+count, at construction and again every epoch; numba refuses more threads than the process
+may run on (its CPU affinity: a SLURM task with 10 CPUs and 12 workers dies at start), and
+a garbage-collected numba dispatcher can print a harmless ``KeyError`` traceback from its
+finalizer (numba/core/dispatcher.py) between stages.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Any, Iterator, Optional, Sequence
+
+import numba
+import numpy as np
+import torch
+from ffcv.loader import Loader, OrderOption
+from ffcv.reader import Reader
+
+from ffcv_bt.data.manifest import REWRITE_HINT
+from ffcv_bt.errors import ConfigError, DataError
+
+ORDERS = {"random": OrderOption.RANDOM, "quasi_random": OrderOption.QUASI_RANDOM,
+          "sequential": OrderOption.SEQUENTIAL}
+
+
+def check_beton(beton: str | os.PathLike, required_fields: Sequence[str]) -> tuple[list[str], int]:
+    """Field names and sample count of ``beton``; a DataError naming it if it is missing,
+    truncated or corrupt, or lacks a field."""
+    if not os.path.isfile(beton):
+        raise DataError(f"dataset file not found: {beton}; {REWRITE_HINT}")
+    try:
+        reader = Reader(str(beton))
+        names = list(reader.handlers)
+        num_samples = int(reader.num_samples)
+        # The allocation table is the file's last part and lists every sample's stored
+        # bytes: a truncated file has a partial table or samples without an entry.
+        table_bytes = os.path.getsize(beton) - int(reader.header["alloc_table_ptr"])
+        complete = (table_bytes % reader.alloc_table.itemsize == 0
+                    and np.unique(reader.alloc_table["sample_id"]).size == num_samples)
+    except Exception as exc:  # noqa: BLE001 - FFCV raises anything from numpy on bad bytes
+        raise DataError(f"{beton}: not a readable FFCV dataset file, truncated or corrupt "
+                        f"({type(exc).__name__}: {exc}); rewrite it with write_dataset.py") from None
+    if not complete:
+        raise DataError(f"{beton}: truncated (its allocation table is incomplete); rewrite it "
+                        f"with write_dataset.py")
+    missing = [name for name in required_fields if name not in names]
+    if missing:
+        raise DataError(f"{beton}: missing field(s) {missing}; it has {names}; {REWRITE_HINT}")
+    return names, num_samples
+
+
+def check_indices(beton: str | os.PathLike, indices: Optional[Sequence[int]],
+                  num_samples: int) -> Optional[np.ndarray]:
+    """``indices`` as a uint64 array (None stays None); a clear error if one is out of range."""
+    if indices is None:
+        return None
+    array = np.asarray(indices)
+    if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{beton}: indices must be a non-empty list of integers")
+    if array.min() < 0 or array.max() >= num_samples:
+        raise DataError(f"{beton}: indices must lie in [0, {num_samples}), got "
+                        f"{array.min()}..{array.max()}; {REWRITE_HINT}")
+    return array.astype(np.uint64)
+
+
+def ffcv_order(order: str, distributed: bool) -> OrderOption:
+    """FFCV's traversal order for ``order``; a clear error for unknown or unsupported ones."""
+    if order not in ORDERS:
+        raise ConfigError(f"order must be one of {sorted(ORDERS)}, got {order!r}")
+    if distributed and order == "quasi_random":
+        raise ConfigError("data.order 'quasi_random' is not supported by FFCV with several ranks")
+    if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise RuntimeError("distributed=True needs torch.distributed initialised before the loader")
+    return ORDERS[order]
+
+
+def usable_workers(num_workers: int) -> int:
+    """``num_workers`` capped at the threads numba may start here (the CPU affinity)."""
+    limit = int(numba.config.NUMBA_NUM_THREADS)
+    if num_workers > limit:
+        warnings.warn(f"data.num_workers={num_workers} but this process may use {limit} CPU(s) "
+                      f"(its affinity; under SLURM, cpus_per_task): using {limit} loader threads",
+                      stacklevel=2)
+        return limit
+    return num_workers
+
+
+def keep_torch_threads(loader: Loader) -> Iterator:
+    """Iterate ``loader`` with the caller's torch thread count.
+
+    FFCV sets torch's thread count to its worker count when an epoch starts (in ``__iter__``
+    and again in its batch thread); left alone, torch work on the CPU then competes with the
+    numba workers for the cores. The count is restored once the first batch arrives, when
+    both calls have happened.
+    """
+    threads = torch.get_num_threads()
+    for i, batch in enumerate(loader):
+        if i == 0:
+            torch.set_num_threads(threads)
+        yield batch
+
+
+def build_loader(beton: str | os.PathLike, pipelines: dict[str, Any], *, batch_size_per_rank: int,
+                 num_workers: int, order: str, distributed: bool, seed: int,
+                 indices: Optional[np.ndarray], drop_last: bool, in_memory: bool) -> Loader:
+    """FFCV's Loader over ``beton`` with ``pipelines`` (fields not named are disabled).
+
+    ``indices`` must come from :func:`check_indices`. Keeps the caller's torch thread count,
+    and refuses a loader that would yield no batch.
+    """
+    threads = torch.get_num_threads()  # FFCV's constructor changes it; give it back
+    loader = Loader(str(beton), batch_size=batch_size_per_rank,
+                    num_workers=usable_workers(num_workers), os_cache=in_memory,
+                    order=ffcv_order(order, distributed), distributed=distributed, seed=seed,
+                    indices=indices, pipelines=pipelines, drop_last=drop_last)
+    torch.set_num_threads(threads)
+    if len(loader) == 0:
+        raise DataError(f"{beton}: {len(loader.first_traversal_order)} samples on this rank give "
+                        f"no batch of {batch_size_per_rank} (drop_last={drop_last}); use a smaller "
+                        f"batch or more data")
+    return loader
+
+
+def default_device() -> torch.device:
+    """CUDA (this process's current device) when available, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _is_numba_finalizer_keyerror(unraisable: Any) -> bool:
+    """True for numba's dispatcher-finalizer KeyError (harmless: the overload is gone)."""
+    tb = unraisable.exc_traceback
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return (unraisable.exc_type is KeyError and tb is not None
+            and tb.tb_frame.f_code.co_name == "finalizer"
+            and tb.tb_frame.f_code.co_filename.endswith(os.path.join("numba", "core", "dispatcher.py")))
+
+
+def drop_numba_finalizer_noise() -> None:
+    """Install an unraisable-exception hook that drops numba's finalizer KeyError only;
+    every other unraisable exception goes to the hook that was there before."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_numba_finalizer_noise", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _is_numba_finalizer_keyerror(unraisable):
+            previous(unraisable)
+
+    hook.drops_numba_finalizer_noise = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+drop_numba_finalizer_noise()
