@@ -35,8 +35,17 @@ def to_cpu(obj: Any) -> Any:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (CPU tensors) to ``path``, keeping the one it replaces."""
-    return atomic_torch_save(path, to_cpu(state), keep_previous=previous_path(path))
+    """Write ``state`` (CPU tensors) to ``path``, keeping the one it replaces.
+
+    A failed write (disk full, quota) leaves the checkpoints on disk as they were and raises
+    a CheckpointError saying so.
+    """
+    try:
+        return atomic_torch_save(path, to_cpu(state), keep_previous=previous_path(path))
+    except OSError as exc:
+        kept = [str(p) for p in (Path(path), previous_path(path)) if p.is_file()]
+        raise CheckpointError(f"could not write {path} ({exc}); kept: {', '.join(kept) or 'none'}. "
+                              f"Free space and run the same command again to resume") from exc
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
