@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ffcv_bt.data.write import (SUBSET_PERCENTS, WRITE_MODES, default_num_workers,
+from ffcv_bt.data.label_subsets import SUBSET_PERCENTS
+from ffcv_bt.data.write import (WRITE_MODES, default_num_workers,
                                 write_dataset)
 
 

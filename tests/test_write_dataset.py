@@ -18,8 +18,10 @@ from PIL import Image
 from ffcv_bt.data import write as write_module
 from ffcv_bt.data.fashion_mnist import (CLASS_NAMES, FASHION_MNIST_DIR, materialise_fashion_mnist,
                                         read_idx)
-from ffcv_bt.data.write import (DataError, Sample, balanced_subset, subset_from_file, subset_size,
-                                write_dataset)
+from ffcv_bt.data.image_folder import Sample
+from ffcv_bt.data.label_subsets import balanced_subset, subset_from_file, subset_size
+from ffcv_bt.data.write import write_dataset
+from ffcv_bt.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 RAW, JPG = 1, 0  # FFCV's stored image modes
