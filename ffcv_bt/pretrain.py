@@ -15,6 +15,7 @@ import json
 import math
 import random
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,8 @@ class Pretrainer:
         seed_everything(recipe["train"]["seed"])
         if recipe["train"]["deterministic"]:
             torch.use_deterministic_algorithms(True)
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes within a resolution
         self.loader = self.create_loader()
         self.model, self.ddp_model = self.create_model()
         self.optimizer = self.create_optimizer()
@@ -106,7 +109,13 @@ class Pretrainer:
             wrapped = DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.recipe["train"]["compile"]:
-            wrapped = torch.compile(wrapped)
+            if self.dist.distributed:
+                # SyncBatchNorm breaks the compiled graph at every BN layer (a collective
+                # inside each): no gain measured, so compile stays off under DDP.
+                warnings.warn("train.compile is ignored with several ranks (SyncBatchNorm "
+                              "breaks the graph at every BN)", stacklevel=2)
+            else:
+                wrapped = torch.compile(wrapped)
         return model, wrapped
 
     def create_optimizer(self) -> LARS:

@@ -136,7 +136,7 @@ def test_library_versions_match_imported_modules():
 
 
 def test_library_versions_does_not_import_ffcv():
-    # Importing ffcv sets torch's thread count to 1 (see FFCV_NOTES.md): only read metadata.
+    # Importing ffcv sets torch's thread count to 1 (ffcv/pipeline/compiler.py): only read metadata.
     code = ("import sys; from ffcv_bt.accounting import library_versions; library_versions(); "
             "print('ffcv' in sys.modules, 'numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,

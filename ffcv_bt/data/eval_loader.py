@@ -28,7 +28,7 @@ from ..ops.crop_decoder import MultiViewRandomResizedCropDecoder
 from ..ops.flip import RandomFlipViews
 from ..ops.rng import EpochSeed
 from .normalize import labels_to_device, normalize_images
-from .ffcv_loading import build_loader, check_beton, check_indices, default_device, keep_torch_threads
+from .ffcv_loading import BufferGuard, build_loader, check_beton, check_indices, default_device, keep_torch_threads
 
 SPLITS = ("train", "val")
 
@@ -64,13 +64,17 @@ class EvalLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._seed.set_epoch(self.epoch)
         self._loader.next_epoch = self.epoch
+        guard = BufferGuard(self.device)
         for outputs in keep_torch_threads(self._loader):
             batch = dict(zip(self._outputs, outputs))
             images = batch["image"]
             if images.dim() == 5:  # (B, 1, H, W, 3) from the one-view crop decoder
                 images = images[:, 0]
-            yield (normalize_images(images, self.device, self.channels_last),
+            out = (normalize_images(images, self.device, self.channels_last),
                    labels_to_device(batch["label"], self.device))
+            guard.copied()
+            yield out
+            guard.wait()  # before FFCV may refill the buffers this batch was copied from
         self.epoch += 1
 
 

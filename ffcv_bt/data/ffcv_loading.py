@@ -126,6 +126,33 @@ def build_loader(beton: str | os.PathLike, pipelines: dict[str, Any], *, batch_s
     return loader
 
 
+class BufferGuard:
+    """Keeps FFCV's reused batch buffers safe from a non-blocking copy still in flight.
+
+    FFCV fills a small ring of (pinned, on CUDA machines) batch buffers in a background
+    thread and refills a buffer once the batch after it has been pulled. A non-blocking
+    host-to-device copy out of a buffer must therefore be complete before the next batch is
+    pulled. :meth:`copied` records a CUDA event right after the copies are queued and
+    :meth:`wait` (called before pulling the next batch) waits for that event only: the copy
+    and what was queued before it, never the training step queued after it. On a CPU the
+    "copies" are synchronous and both calls do nothing.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self._event: Any = None
+
+    def copied(self) -> None:
+        if self.cuda:
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def wait(self) -> None:
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+
+
 def default_device() -> torch.device:
     """CUDA (this process's current device) when available, else CPU."""
     if torch.cuda.is_available():

@@ -2,7 +2,7 @@
 
 One call, :func:`make_pretrain_loader`, builds an FFCV ``Loader`` whose image pipeline
 decodes each JPEG once, cuts two random-resized crops and augments each with its own
-probabilities (REFERENCE.md's table), then yields ``(view1, view2)`` ImageNet-normalised
+probabilities (the table of Zbontar et al. 2021, arXiv 2103.03230, appendix), then yields ``(view1, view2)`` ImageNet-normalised
 float32 tensors on the device.
 
 Randomness: the sample order comes from FFCV (``seed + epoch``; under ``distributed`` a
@@ -34,7 +34,7 @@ from ..ops.flip import RandomFlipViews
 from ..ops.grayscale import RandomGrayscaleViews
 from ..ops.rng import EpochSeed
 from ..ops.solarize import RandomSolarizeViews
-from .ffcv_loading import build_loader, check_beton, check_indices, default_device, keep_torch_threads
+from .ffcv_loading import BufferGuard, build_loader, check_beton, check_indices, default_device, keep_torch_threads
 from .normalize import labels_to_device, normalize_images
 
 @dataclass
@@ -178,6 +178,7 @@ class TwoViewLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         self._seed.set_epoch(self.epoch)
         self._loader.next_epoch = self.epoch
+        guard = BufferGuard(self.device)
         for outputs in keep_torch_threads(self._loader):
             batch = dict(zip(self._outputs, outputs))
             # Move whole uint8 batches (contiguous, pinned when CUDA is present), then slice.
@@ -191,7 +192,9 @@ class TwoViewLoader:
                      normalize_images(second, self.device, self.channels_last))
             if self.with_labels:
                 views += (labels_to_device(batch["label"], self.device),)
+            guard.copied()
             yield views
+            guard.wait()  # before FFCV may refill the buffers this batch was copied from
         self.epoch += 1
 
 
