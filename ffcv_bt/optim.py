@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 class LARS(torch.optim.Optimizer):
@@ -18,7 +18,13 @@ class LARS(torch.optim.Optimizer):
     For a parameter w with gradient g and ``w.ndim != 1`` (weights):
     ``g' = g + weight_decay * w``; ``g' *= eta * ||w|| / ||g'||`` (1 if either norm is 0).
     For ``w.ndim == 1`` (biases, BatchNorm): ``g' = g``.
-    Then ``mu = momentum * mu + g'`` and ``w -= lr * mu``.
+    Then ``mu = momentum * mu + g'`` and ``w -= lr * mu``: the learning rate is applied to
+    the buffer, not folded into it, so a changing lr never rescales past updates. This is
+    the LARS of the facebookresearch/barlowtwins release (its ``exclude_bias_and_norm``
+    filter on both weight decay and adaptation).
+
+    The step runs as a few multi-tensor (``torch._foreach_*``) kernels per group, with no
+    per-tensor Python maths and no host synchronisation. State per parameter: ``"mu"``.
     """
 
     def __init__(self, params: Iterable, lr: float, weight_decay: float = 1e-6,
@@ -36,24 +42,46 @@ class LARS(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                update = p.grad
-                if p.ndim != 1:
-                    update = update.add(p, alpha=group["weight_decay"])
-                    w_norm = torch.linalg.vector_norm(p)
-                    u_norm = torch.linalg.vector_norm(update)
-                    trust = torch.where((w_norm > 0) & (u_norm > 0),
-                                        group["eta"] * w_norm / u_norm, torch.ones_like(w_norm))
-                    update = update.mul(trust)
-                state = self.state[p]
-                if "mu" not in state:
-                    state["mu"] = torch.zeros_like(p)
-                mu = state["mu"]
-                mu.mul_(group["momentum"]).add_(update)
-                p.add_(mu, alpha=-group["lr"])
+            for (_, _, is_weight), (params, grads, mus) in self._gather(group).items():
+                if is_weight:
+                    grads = self._trust_scaled(params, grads, group)
+                torch._foreach_mul_(mus, group["momentum"])
+                torch._foreach_add_(mus, grads)
+                torch._foreach_add_(params, mus, alpha=-group["lr"])
         return loss
+
+    def _gather(self, group: dict) -> dict[tuple, tuple[list[Tensor], list[Tensor], list[Tensor]]]:
+        """Parameters with a gradient, their gradients and momentum buffers, bucketed by
+        (device, dtype, is weight) so each bucket is one set of multi-tensor kernels."""
+        buckets: dict[tuple, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("LARS does not support sparse gradients")
+            state = self.state[p]
+            if "mu" not in state:
+                state["mu"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            params, grads, mus = buckets.setdefault((p.device, p.dtype, p.ndim != 1), ([], [], []))
+            params.append(p)
+            grads.append(p.grad)
+            mus.append(state["mu"])
+        return buckets
+
+    @staticmethod
+    def _trust_scaled(params: list[Tensor], grads: list[Tensor], group: dict) -> list[Tensor]:
+        """``(g + wd * w) * q`` with ``q = eta * ||w|| / ||g + wd * w||`` (1 where either
+        norm is 0), as new tensors (the gradients are left untouched)."""
+        decayed = group["weight_decay"] != 0
+        updates = torch._foreach_add(grads, params, alpha=group["weight_decay"]) if decayed else grads
+        w_norm = torch.stack(torch._foreach_norm(params))
+        u_norm = torch.stack(torch._foreach_norm(updates))
+        trust = list(torch.where((w_norm > 0) & (u_norm > 0), group["eta"] * w_norm / u_norm,
+                                 torch.ones_like(w_norm)).unbind(0))
+        if decayed:  # updates are our own temporaries
+            torch._foreach_mul_(updates, trust)
+            return updates
+        return torch._foreach_mul(updates, trust)
 
 
 def param_groups_for_lars(model: nn.Module) -> list[dict]:

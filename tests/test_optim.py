@@ -128,3 +128,103 @@ def test_set_learning_rates_and_errors():
         set_learning_rates(unnamed, 1.0, 0.2, 0.0048)
     with pytest.raises(ValueError, match="momentum"):
         LARS(model.parameters(), lr=0.1, momentum=-0.5)
+
+
+
+def reference_step(p: torch.Tensor, g: torch.Tensor, mu: torch.Tensor | None, lr: float,
+                   wd: float, momentum: float, eta: float) -> torch.Tensor:
+    """One parameter's LARS step, in place on ``p``, written as the barlowtwins release
+    writes it (one tensor at a time); returns the new momentum buffer."""
+    d = g.clone()
+    if p.ndim != 1:
+        d = d + wd * p
+        w_norm, d_norm = norm(p), norm(d)
+        if w_norm > 0 and d_norm > 0:
+            d = d * (eta * w_norm / d_norm)
+    mu = d if mu is None else momentum * mu + d
+    p.sub_(lr * mu)
+    return mu
+
+
+@pytest.mark.parametrize("wd", [WD, 0.0])
+def test_foreach_step_matches_per_parameter_reference(wd):
+    """Weights, biases, a zero-norm weight and parameters without a gradient (one per
+    group), over steps whose learning rates change."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 4), (5,), (2, 3, 2), (4,), (2, 2), (3,), (6, 1)]
+    params = [nn.Parameter(torch.randn(s, generator=g, dtype=torch.float64)) for s in shapes]
+    with torch.no_grad():
+        params[4].zero_()  # zero-norm weight: trust ratio 1
+    no_grad = {5, 6}  # a bias and a weight that never get a gradient
+    expected = [p.detach().clone() for p in params]
+    initial = [p.detach().clone() for p in params]
+    mus: dict[int, torch.Tensor] = {}
+    groups = [{"name": "weights", "params": [p for p in params if p.ndim != 1]},
+              {"name": "biases", "params": [p for p in params if p.ndim == 1]}]
+    opt = LARS(groups, lr=0.0, weight_decay=wd, momentum=MOMENTUM, eta=ETA)
+    for step, mult in enumerate([0.0, 0.7, 2.0, 1.3, 0.1]):
+        set_learning_rates(opt, mult, lr_weights=0.2, lr_biases=0.05)
+        for i, p in enumerate(params):
+            if i in no_grad:
+                p.grad = None
+                continue
+            grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            p.grad = grad.clone()
+            lr = mult * (0.2 if p.ndim != 1 else 0.05)
+            mus[i] = reference_step(expected[i], grad, mus.get(i), lr, wd, MOMENTUM, ETA)
+        opt.step()
+        for i, ours in enumerate(params):
+            torch.testing.assert_close(ours.detach(), expected[i], rtol=1e-12, atol=1e-15,
+                                       msg=f"step {step}, param {i} {tuple(ours.shape)}")
+            if i in no_grad:
+                assert ours not in opt.state
+            else:
+                torch.testing.assert_close(opt.state[ours]["mu"], mus[i], rtol=1e-12, atol=1e-15)
+    assert params[4].abs().sum() > 0  # the zero-norm weight moved
+    for i in no_grad:
+        assert torch.equal(params[i].detach(), initial[i]), (i, params[i], initial[i])
+    assert all(set(state) == {"mu"} for state in opt.state.values())  # checkpoint layout
+
+
+def test_learning_rate_scales_the_buffer_not_the_update_into_it():
+    """With an lr that changes between steps, ``mu = m mu + d; w -= lr mu`` (the release's
+    form) and ``mu = m mu + lr d; w -= mu`` differ; existing tests keep lr constant, where
+    the two agree."""
+    weight, bias = make_params()
+    w0, b0 = weight.detach().clone(), bias.detach().clone()
+    opt = LARS([weight, bias], lr=0.0, weight_decay=WD, momentum=MOMENTUM, eta=ETA)
+    lrs = [0.05, 0.4, 0.1]
+    grads = []
+    for seed, lr in enumerate(lrs, start=1):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        grads.append(set_grads([weight, bias], seed))
+        opt.step()
+    # biases by hand: mu1 = g1, mu2 = m g1 + g2, mu3 = m^2 g1 + m g2 + g3
+    gb = [g[1] for g in grads]
+    mu1, mu2 = gb[0], MOMENTUM * gb[0] + gb[1]
+    mu3 = MOMENTUM * mu2 + gb[2]
+    b3 = b0 - lrs[0] * mu1 - lrs[1] * mu2 - lrs[2] * mu3
+    torch.testing.assert_close(bias.detach(), b3, rtol=1e-13, atol=0)
+    # weights by hand, the direction recomputed at each iterate
+    w, mu = w0, None
+    for lr, (gw, _) in zip(lrs, grads):
+        d = lars_direction(w, gw)
+        mu = d if mu is None else MOMENTUM * mu + d
+        w = w - lr * mu
+    torch.testing.assert_close(weight.detach(), w, rtol=1e-13, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_step_does_not_synchronise_the_device():
+    model = nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)).cuda()
+    opt = LARS(param_groups_for_lars(model), lr=0.0, weight_decay=WD)
+    model(torch.randn(4, 8, device="cuda")).sum().backward()
+    opt.step()  # the momentum buffers are created on the first step
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        set_learning_rates(opt, 0.5, 0.2, 0.0048)
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
