@@ -28,7 +28,7 @@ from ffcv_bt.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = REPO_ROOT / "rules"
-PROTOCOL_SECTIONS = ("linear", "semi")
+PROTOCOL_SECTIONS = ("linear", "semi", "knn")
 
 DECLARED = FastargsConfig()
 
@@ -150,8 +150,18 @@ _section(
     resize=_p(int, "val resize before the centre crop", InRange(8, 2048)),
 )
 _section(
-    "run", "What run.py does",
-    stages=_p(str, "comma-separated subset of pretrain,linear,semi1,semi10"),
+    "knn", "Weighted kNN on frozen features (protocol, not recipe; Wu et al. 2018)",
+    k=_p(int, "neighbours that vote", InRange(1, 10000)),
+    temperature=_p(float, "votes weigh exp(cosine / temperature)", InRange(1e-4, 100.0)),
+    batch_size=_p(int, "GLOBAL batch size of the feature extraction", InRange(1, 1 << 20)),
+    res=_p(int, "centre-crop size for train and val features", InRange(8, 1024)),
+    resize=_p(int, "resize before the centre crop", InRange(8, 2048)),
+    pixel_floor=_p(bool, "also classify raw pixels (the floor; small images only)"),
+)
+_section(
+    "run", "What run.py does (run control: changing it keeps a run folder usable)",
+    stages=_p(str, "comma-separated subset of pretrain,knn,linear,semi1,semi10"),
+    seeds=_p(str, "comma-separated train.seed values, one run each (empty: train.seed only)"),
 )
 _section(
     "estimate", "Throughput used by `run.py --dry-run` to estimate GPU-hours",
@@ -173,7 +183,7 @@ _section(
     folder=_p(str, "submitit logs folder (relative to the run folder)"),
 )
 
-ALL_STAGES = ("pretrain", "linear", "semi1", "semi10")
+ALL_STAGES = ("pretrain", "knn", "linear", "semi1", "semi10")
 # Sections that say how to run, not what is computed: changing them (--stages, an estimate,
 # SLURM settings) keeps a run folder usable.
 RUN_CONTROL_SECTIONS = ("run", "estimate", "slurm")
@@ -207,6 +217,12 @@ class Recipe:
                 if theirs != value:
                     out.append(f"{section}.{key}: {theirs!r} -> {value!r}")
         return out
+
+    @property
+    def seeds(self) -> list[int]:
+        """run.seeds as ints, or [train.seed] when it is empty."""
+        listed = [int(x) for x in self["run"]["seeds"].split(",") if x.strip()]
+        return listed or [self["train"]["seed"]]
 
     @property
     def stages(self) -> list[str]:
@@ -413,6 +429,10 @@ def _check_consistency(values: dict, path: Path) -> None:
     if bad or not stages:
         raise ConfigError(f"{path}: run.stages has {bad or 'nothing'}; allowed: "
                           f"{', '.join(ALL_STAGES)}")
+    seeds = [x.strip() for x in values["run"]["seeds"].split(",") if x.strip()]
+    if not all(x.isdigit() for x in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{path}: run.seeds '{values['run']['seeds']}' is not a list of distinct "
+                          f"seeds like 0,1,2")
     spec = values["model"]["projector"]
     if not all(part.isdigit() and int(part) > 0 for part in spec.split("-")):
         raise ConfigError(f"{path}: model.projector '{spec}' is not like 8192-8192-8192")

@@ -52,7 +52,8 @@ def _load_metadata(recipe: Recipe, run_dir: Path, dist: DistInfo) -> dict[str, A
 
 
 def _evaluations(recipe: Recipe) -> list[tuple[str, str, str]]:
-    """(stage key, protocol, backbone kind) in order; the random control follows each."""
+    """(stage key, protocol, backbone kind) in order; the random control follows each, and
+    for kNN the raw-pixel floor when the protocol asks for it."""
     out = []
     for stage in recipe.stages:
         if stage == "pretrain":
@@ -60,12 +61,37 @@ def _evaluations(recipe: Recipe) -> list[tuple[str, str, str]]:
         out.append((stage, stage, "pretrained"))
         if recipe["eval"]["control"]:
             out.append((f"{stage}-random", stage, "random"))
+        if stage == "knn" and recipe["knn"]["pixel_floor"]:
+            out.append(("knn-pixels", stage, "pixels"))
     return out
 
 
-def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path, dist: DistInfo) -> str:
-    """Run every stage of ``recipe`` into ``run_dir``; return a printable summary."""
+def _relative_to_repo(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (results stay portable)."""
+    resolved = path.resolve()
+    try:
+        return str(resolved.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(resolved)
+
+
+def _evaluate(recipe: Recipe, protocol: str, weights: str, out_dir: Path,
+              dist: DistInfo) -> dict[str, Any]:
+    """One evaluation stage: the kNN protocol, or a trained one (linear, semi1, semi10)."""
+    if protocol == "knn":
+        from ffcv_bt.knn_eval import evaluate_knn
+
+        return evaluate_knn(recipe, weights, out_dir, dist)
     from ffcv_bt.evaluate import evaluate
+
+    return evaluate(recipe, protocol, weights, out_dir, dist)
+
+
+def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
+               dist: DistInfo) -> tuple[str, list[dict]]:
+    """Run every stage of ``recipe`` into ``run_dir``; return a printable summary and the
+    runs.csv rows of its evaluations."""
+    from ffcv_bt.data.manifest import Manifest
     from ffcv_bt.pretrain import pretrain
     from ffcv_bt.results import append_run_row, generate
 
@@ -97,11 +123,14 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path, dist: DistInfo)
         raise RunFolderError(f"{pretrain_file} not found: evaluations need a finished "
                              f"pretraining stage in this run folder (add 'pretrain' to --stages)")
 
+    manifest = Manifest.read(recipe["data"]["dir"])
+    dataset = {"dataset": manifest.dataset_label(), "dataset_classes": len(manifest.classes),
+               "dataset_train_images": manifest.num_images("train")}
     rows = []
     for key, protocol, kind in evaluations:
-        weights = "random" if kind == "random" else str(backbone_path)
+        weights = str(backbone_path) if kind == "pretrained" else kind
         start = time.time()
-        result = evaluate(recipe, protocol, weights, run_dir / key, dist)
+        result = _evaluate(recipe, protocol, weights, run_dir / key, dist)
         stage = meta["stages"].setdefault(key, {})
         stage.update({"device_hours": result["device_hours"],
                       "device_seconds": result["device_seconds"], "result": result})
@@ -114,7 +143,8 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path, dist: DistInfo)
             "eval_gpu_hours": result["device_hours"], "device": meta["device"],
             "n_devices": meta["n_devices"],
             "git_sha": meta["code"]["git_sha"] + ("-dirty" if meta["code"].get("dirty") else ""),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "run_dir": str(run_dir),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "run_dir": _relative_to_repo(run_dir), **dataset, "seed": recipe["train"]["seed"],
         }
         if dist.is_main and not stage.get("appended_to_runs_csv"):
             append_run_row(results_dir / "runs.csv", row)
@@ -133,16 +163,19 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path, dist: DistInfo)
         lines.append(f"{row['protocol']:7s} {row['backbone']:10s} top-1 {row['top1']:6.2f}%  "
                      f"top-5 {row['top5']:6.2f}%  eval {row['eval_gpu_hours']:.4f} device-hours")
     lines.append(f"tables: {results_dir / 'README.md'}, plot: {results_dir / 'cost_accuracy.png'}")
-    return "\n".join(lines)
+    return "\n".join(lines), rows
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser = argparse.ArgumentParser(description="Run a Barlow Twins recipe end to end.",
                                      epilog="Any --section.key=value overrides the recipe.")
     parser.add_argument("--config", default=str(DEFAULT_RECIPE), help="recipe (rules/*.yaml)")
-    parser.add_argument("--out", default=None, help="run folder (default: results/runs/<recipe>-<time>,"
-                        " or the newest unfinished one of this recipe)")
-    parser.add_argument("--stages", default=None, help="subset of pretrain,linear,semi1,semi10")
+    parser.add_argument("--out", default=None, help="run folder (default: results/runs/<recipe>-"
+                        "s<seed>-<time>, or the newest unfinished one of this configuration); "
+                        "with several seeds, one sub-folder seed-<s> each")
+    parser.add_argument("--stages", default=None, help="subset of pretrain,knn,linear,semi1,semi10")
+    parser.add_argument("--seeds", default=None, help="e.g. 0,1,2: the whole recipe once per "
+                        "train.seed (sets run.seeds); tables show mean ± std over them")
     parser.add_argument("--results-dir", default=str(REPO_ROOT / "results"),
                         help="where runs.csv and the generated tables live")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and cost, run nothing")
@@ -152,6 +185,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     overrides = parse_overrides(rest)
     if args.stages:
         overrides["run.stages"] = args.stages
+    if args.seeds:
+        overrides["run.seeds"] = args.seeds
     return args, overrides
 
 
@@ -168,19 +203,36 @@ def find_resumable(runs_dir: Path, recipe: Recipe) -> Path | None:
     return None
 
 
-def choose_run_dir(args: argparse.Namespace, recipe: Recipe) -> Path:
+def choose_run_dir(args: argparse.Namespace, recipe: Recipe, several_seeds: bool) -> Path:
+    seed = recipe["train"]["seed"]
     if args.out:
-        return Path(args.out)
+        return Path(args.out) / f"seed-{seed}" if several_seeds else Path(args.out)
     runs_dir = Path(args.results_dir) / "runs"
     existing = find_resumable(runs_dir, recipe)
     if existing is not None:
         print(f"resuming unfinished run {existing}", file=sys.stderr)
         return existing
-    return runs_dir / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return runs_dir / f"{recipe.name}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def seed_summary(summaries: list[list[dict]]) -> str:
+    """Mean ± sample std over seeds of each (protocol, backbone) top-1 (printed at the end)."""
+    import statistics
+
+    by_key: dict[tuple[str, str], list[float]] = {}
+    for rows in summaries:
+        for row in rows:
+            by_key.setdefault((row["protocol"], row["backbone"]), []).append(row["top1"])
+    lines = [f"over {len(summaries)} seeds (mean ± sample std of top-1):"]
+    for (protocol, backbone), values in by_key.items():
+        spread = f"{statistics.stdev(values):.2f}" if len(values) > 1 else "n/a"
+        lines.append(f"  {protocol:7s} {backbone:10s} {statistics.mean(values):6.2f} ± {spread} "
+                     f"(n={len(values)})")
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
-    """``run.py``'s command line (see run.py)."""
+    """``run.py``'s command line (see run.py): the recipe once per seed."""
     args, overrides = parse_args(argv)
     recipe = load_recipe(args.config, overrides)
     if args.dry_run:
@@ -191,14 +243,21 @@ def main(argv: list[str]) -> int:
     if args.slurm:
         from ffcv_bt.slurm import submit
 
-        run_dir = choose_run_dir(args, recipe)
+        run_dir = Path(args.out) if args.out else choose_run_dir(args, recipe, False)
         job = submit(recipe, run_dir, argv, entry=main)
         print(f"submitted SLURM job {job.job_id}; run folder {run_dir}")
         return 0
+    seeds = recipe.seeds
+    all_rows: list[list[dict]] = []
     with process_group() as dist:
-        chosen = str(choose_run_dir(args, recipe)) if dist.is_main else None
-        run_dir = Path(broadcast_object(chosen))  # type: ignore[arg-type]
-        summary = run_stages(recipe, run_dir, Path(args.results_dir), dist)
-    if dist.is_main:
-        print(summary)
+        for seed in seeds:
+            seeded = load_recipe(args.config, {**overrides, "train.seed": str(seed)})
+            chosen = str(choose_run_dir(args, seeded, len(seeds) > 1)) if dist.is_main else None
+            run_dir = Path(broadcast_object(chosen))  # type: ignore[arg-type]
+            summary, rows = run_stages(seeded, run_dir, Path(args.results_dir), dist)
+            all_rows.append(rows)
+            if dist.is_main:
+                print(summary, flush=True)
+    if dist.is_main and len(seeds) > 1:
+        print(seed_summary(all_rows))
     return 0

@@ -72,22 +72,26 @@ def test_run_end_to_end_then_resume_after_kill(tiny_dataset: Path, tmp_path: Pat
     meta = json.loads((out / "run.json").read_text())
     assert meta["finished"] and meta["recipe"] == "tiny"
     assert meta["code"]["git_sha"] and "torch" in meta["libraries"]
-    assert set(meta["stages"]) == {"pretrain", "linear", "linear-random", "semi1", "semi1-random",
-                                   "semi10", "semi10-random"}
+    assert set(meta["stages"]) == {"pretrain", "knn", "knn-random", "knn-pixels", "linear",
+                                   "linear-random", "semi1", "semi1-random", "semi10",
+                                   "semi10-random"}
     assert all(s["device_hours"] > 0 for s in meta["stages"].values())
     assert (out / "config.yaml").is_file() and (out / "pretrain" / "resnet18.pth").is_file()
 
     runs = pd.read_csv(results / "runs.csv")
-    assert len(runs) == 6
+    assert len(runs) == 9
     assert set(zip(runs.protocol, runs.backbone)) == {
-        (p, b) for p in ("linear", "semi1", "semi10") for b in ("pretrained", "random")}
+        (p, b) for p in ("knn", "linear", "semi1", "semi10") for b in ("pretrained", "random")
+    } | {("knn", "pixels")}
+    assert (runs.dataset_classes == 10).all() and (runs.dataset_train_images == 200).all()
+    assert (runs.seed == 0).all()
     pretrained = runs[runs.backbone == "pretrained"]
     hours = json.loads((out / "pretrain" / "result.json").read_text())["device_hours"]
     assert (pretrained.pretrain_gpu_hours == hours).all()
     assert (runs[runs.backbone == "random"].pretrain_gpu_hours == 0).all()
     for _, row in runs.iterrows():
-        result = json.loads((Path(row.run_dir) / (row.protocol + ("-random" if row.backbone == "random"
-                                                                   else "")) / "result.json").read_text())
+        suffix = "" if row.backbone == "pretrained" else f"-{row.backbone}"
+        result = json.loads((Path(row.run_dir) / (row.protocol + suffix) / "result.json").read_text())
         assert row.top1 == pytest.approx(result["top1"]) and 0 <= row.top1 <= 100
         assert row.top5 >= row.top1
 
@@ -101,5 +105,5 @@ def test_run_end_to_end_then_resume_after_kill(tiny_dataset: Path, tmp_path: Pat
     # control, not configuration, so it may differ from the first call.
     again = _run(args + ["--stages", "linear"], timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert len(pd.read_csv(results / "runs.csv")) == 6
+    assert len(pd.read_csv(results / "runs.csv")) == 9
     assert "Traceback" not in again.stderr
