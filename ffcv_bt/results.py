@@ -354,8 +354,8 @@ def plot_cost_accuracy(runs: pd.DataFrame, png_path: str | os.PathLike) -> Path:
             skipped += hours <= 0
             if hours <= 0:
                 continue
-            spread = statistics.stdev(top1) if len(top1) > 1 else 0.0
-            ax.errorbar([hours], [statistics.mean(top1)], yerr=[spread], capsize=3,
+            spread = [statistics.stdev(top1)] if len(top1) > 1 else None  # no bar for n=1
+            ax.errorbar([hours], [statistics.mean(top1)], yerr=spread, capsize=3,
                         color=colors[config.dataset], marker=_MARKERS[protocol], markersize=8,
                         linestyle="none", fillstyle=_FILL[config.backbone], markeredgewidth=1.5)
 
