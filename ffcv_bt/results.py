@@ -1,175 +1,46 @@
 """runs.csv -> results/README.md (tables) and results/cost_accuracy.png (plot).
 
-runs.csv is the source of truth and is only ever appended to, one row per evaluation
-(several runs may append at once); the Markdown and the plot are generated from it, so
-they can always be rebuilt: ``python -m ffcv_bt.results [--results-dir results]``.
+runs.csv (format: ffcv_bt.runs_csv) is the source of truth; the Markdown and the plot are
+generated from it, so they can always be rebuilt: ``python -m ffcv_bt.results``.
 
-Every table states the reference baseline (Barlow Twins, 1000 epochs on 16 V100) beside
-our runs, with accuracy deltas in percentage points and cost in device-hours. Hours on
-other hardware are never passed off as V100-hours: each cell that compares them names
-both device types.
+Tables aggregate over seeds: one row per configuration (recipe, data set, protocol,
+backbone, epochs, device type, device count) with mean ± sample std and n. Accuracy
+deltas and cost ratios against the Barlow Twins baseline are shown only for ImageNet-1k
+rows: a run on another data set is not comparable to an ImageNet number. Published
+results (ffcv_bt.published) sit in their own "published, not run here" sections.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import fcntl
-import io
 import math
 import os
-import re
-from dataclasses import dataclass
+import statistics
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
 from ffcv_bt.atomic_files import atomic_write, atomic_write_text
+from ffcv_bt.cli import run_command
+from ffcv_bt.published import (BASELINE_COSTS, BASELINE_HARDWARE, BASELINE_HOURS, PAPER,
+                               RELEASED_WEIGHTS, Published, published_for)
+from ffcv_bt.runs_csv import (BACKBONES, PROTOCOLS, RUNS_COLUMNS,  # noqa: F401 (re-exported)
+                              UNRECORDED, append_run_row, check_run_row, read_runs,
+                              relative_run_dir)
 
-RUNS_COLUMNS = ["run_id", "recipe", "protocol", "backbone", "epochs", "top1", "top5",
-                "best_top1", "pretrain_gpu_hours", "eval_gpu_hours", "device", "n_devices",
-                "git_sha", "finished_at", "run_dir"]
-PROTOCOLS = ("linear", "semi1", "semi10")
-BACKBONES = ("pretrained", "random")
-PROTOCOL_NAMES = {"linear": "linear probe", "semi1": "1% labels", "semi10": "10% labels"}
-
-_ACCURACY_COLUMNS = ("top1", "top5")
-_HOURS_COLUMNS = ("pretrain_gpu_hours", "eval_gpu_hours")
-_REQUIRED_TEXT_COLUMNS = ("run_id", "recipe", "device")
-_RECIPE_NAME = re.compile(r"[^\s/\\]+")  # a file stem: no spaces or folders
+PROTOCOL_NAMES = {"knn": "kNN (k=20)", "linear": "linear probe", "semi1": "1% labels",
+                  "semi10": "10% labels"}
+BACKBONE_NAMES = {"pretrained": "pretrained", "external": "external (published checkpoint)",
+                  "random": "random init (control)", "pixels": "raw pixels (floor)"}
+_BACKBONE_ORDER = {name: rank for rank, name in enumerate(BACKBONE_NAMES)}
 _MISSING = "—"
+NOT_COMPARABLE = "not ImageNet-1k: not comparable to the ImageNet reference"
 
 
-@dataclass(frozen=True)
-class Reference:
-    """A published result to compare against: accuracy per protocol and its cost."""
-
-    name: str
-    accuracy: dict  # protocol -> (top1, top5), percent
-    pretrain_hours: float = 2688.0  # 16 V100 x ~7 days
-    hardware: str = "V100"
-    n_devices: int = 16
-    epochs: int = 1000
-
-
-PAPER = Reference("Barlow Twins paper", {"linear": (73.3, 91.0), "semi1": (55.0, 79.2),
-                                          "semi10": (69.7, 89.3)})
-RERUN = Reference("independent re-run", {"linear": (73.27, 91.09), "semi1": (55.09, 79.89),
-                                          "semi10": (68.89, 88.97)})
-REFERENCES = (PAPER, RERUN)
-BASELINE = PAPER  # deltas and cost ratios are against this one
-
-
-# ----------------------------------------------------------------------------- runs.csv
-
-def _number(row: dict, key: str, low: float, high: float = math.inf) -> float:
-    value = row[key]
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"runs row key {key!r}: {value!r} is not a number") from None
-    if not low <= number <= high:  # also rejects NaN
-        raise ValueError(f"runs row key {key!r}: {value!r} is outside [{low}, {high}]")
-    return number
-
-
-def _integer(row: dict, key: str, low: int) -> int:
-    number = _number(row, key, low)
-    if number != int(number):
-        raise ValueError(f"runs row key {key!r}: {row[key]!r} is not an integer")
-    return int(number)
-
-
-def check_run_row(row: dict) -> dict:
-    """Validate one runs.csv row; return it with numbers parsed (text columns as str).
-
-    Raises ValueError naming the offending key: missing or unknown columns, a protocol
-    not in PROTOCOLS, a backbone not in BACKBONES, accuracies outside [0, 100], negative
-    hours, a recipe that is not a rules/<recipe>.yaml name. ``best_top1`` may be empty.
-    """
-    missing = [key for key in RUNS_COLUMNS if key not in row]
-    unknown = [key for key in row if key not in RUNS_COLUMNS]
-    if missing:
-        raise ValueError(f"runs row is missing key(s) {missing}")
-    if unknown:
-        raise ValueError(f"runs row has unknown key(s) {unknown}; expected {RUNS_COLUMNS}")
-    clean = {key: "" if row[key] is None else str(row[key]) for key in RUNS_COLUMNS}
-    if clean["protocol"] not in PROTOCOLS:
-        raise ValueError(f"runs row key 'protocol': {row['protocol']!r} is not one of {PROTOCOLS}")
-    if clean["backbone"] not in BACKBONES:
-        raise ValueError(f"runs row key 'backbone': {row['backbone']!r} is not one of {BACKBONES}")
-    for key in _REQUIRED_TEXT_COLUMNS:
-        if not clean[key].strip():
-            raise ValueError(f"runs row key {key!r} is empty")
-    if not _RECIPE_NAME.fullmatch(clean["recipe"]) or clean["recipe"].endswith(".yaml"):
-        raise ValueError(f"runs row key 'recipe': {row['recipe']!r} is not a recipe name "
-                         f"(the <name> of rules/<name>.yaml)")
-    for key in _ACCURACY_COLUMNS:
-        clean[key] = _number(row, key, 0.0, 100.0)
-    clean["best_top1"] = None if clean["best_top1"] == "" else _number(row, "best_top1", 0.0, 100.0)
-    for key in _HOURS_COLUMNS:
-        clean[key] = _number(row, key, 0.0)
-    clean["epochs"] = _integer(row, "epochs", 0)
-    clean["n_devices"] = _integer(row, "n_devices", 1)
-    return clean
-
-
-def _csv_line(values: list) -> bytes:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(values)
-    return buffer.getvalue().encode("utf-8")
-
-
-def append_run_row(csv_path: str | os.PathLike, row: dict) -> None:
-    """Append one validated row to ``csv_path``, safely under concurrent writers.
-
-    The file is never rewritten. An exclusive ``flock`` on the csv itself serialises
-    writers, so the header is written exactly once (when the file is new or empty) and
-    rows never interleave. A file whose header differs from RUNS_COLUMNS is refused.
-    """
-    csv_path = Path(csv_path)
-    clean = check_run_row(row)
-    line = _csv_line(["" if clean[key] is None else clean[key] for key in RUNS_COLUMNS])
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(csv_path, "ab+") as f:  # append mode: every write lands at the end
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            f.seek(0)
-            header = f.readline().decode("utf-8")
-            if not header:
-                line = _csv_line(RUNS_COLUMNS) + line
-            else:
-                columns = next(csv.reader([header]))
-                if columns != RUNS_COLUMNS:
-                    raise ValueError(f"{csv_path}: header {columns} differs from RUNS_COLUMNS "
-                                     f"{RUNS_COLUMNS}; refusing to append")
-                f.seek(-1, os.SEEK_END)
-                if f.read(1) != b"\n":  # a writer died mid-line: keep our row whole
-                    line = b"\n" + line
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def read_runs(csv_path: str | os.PathLike) -> pd.DataFrame:
-    """Validated rows of ``csv_path`` (empty frame if missing/empty), latest row per
-    (run_id, protocol, backbone): a re-run evaluation supersedes the earlier one."""
-    csv_path = Path(csv_path)
-    if not csv_path.exists() or csv_path.stat().st_size == 0:
-        return pd.DataFrame(columns=RUNS_COLUMNS)
-    raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    if list(raw.columns) != RUNS_COLUMNS:
-        raise ValueError(f"{csv_path}: columns {list(raw.columns)} differ from {RUNS_COLUMNS}")
-    rows = []
-    for index, record in enumerate(raw.to_dict("records")):
-        try:
-            rows.append(check_run_row(record))
-        except ValueError as error:
-            raise ValueError(f"{csv_path} line {index + 2}: {error}") from None
-    runs = pd.DataFrame(rows, columns=RUNS_COLUMNS)
-    latest = runs.drop_duplicates(["run_id", "protocol", "backbone"], keep="last")
-    return latest.reset_index(drop=True)
+def is_imagenet_1k(classes: int | None, train_images: int | None) -> bool:
+    """The full ImageNet-1k train set: 1000 classes and more than 1.2M train images."""
+    return classes == 1000 and train_images is not None and train_images > 1_200_000
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -182,6 +53,14 @@ def format_accuracy(value: float | None) -> str:
 def format_delta(value: float) -> str:
     """Signed percentage points with 2 decimals."""
     return f"{value:+.2f}"
+
+
+def format_mean_std(values: list[float]) -> str:
+    """"mean ± sample std (n=k)" with 2 decimals; the std (ddof=1) is "—" when n=1."""
+    if not values:
+        return _MISSING
+    spread = f"{statistics.stdev(values):.2f}" if len(values) > 1 else _MISSING
+    return f"{statistics.mean(values):.2f} ± {spread} (n={len(values)})"
 
 
 def format_significant(value: float) -> str:
@@ -201,39 +80,23 @@ def device_kind(device: str) -> str:
     return device.split(" (")[0].strip()
 
 
-def is_v100(device: str) -> bool:
-    return "v100" in device.lower()
-
-
 def cost_ratio_cell(total_hours: float, devices: list[str]) -> str:
-    """Our hours as a fraction of the baseline's V100-hours, naming our device type
-    when it is not a V100 (then the two numbers are hours on different hardware)."""
+    """Hours as a fraction of the baseline's V100-hours, naming our device type when it
+    is not a V100 (then the two numbers are hours on different hardware)."""
     if total_hours <= 0:
         return _MISSING
-    ratio = total_hours / BASELINE.pretrain_hours
+    ratio = total_hours / BASELINE_HOURS
     ratio_text = f"{ratio:.2e}" if ratio < 1e-3 else format_significant(ratio)
-    cell = f"{ratio_text}x of {format_significant(BASELINE.pretrain_hours)} {BASELINE.hardware}-h"
-    others = sorted({device_kind(d) for d in devices if not is_v100(d)})
+    cell = f"{ratio_text}x of {format_significant(BASELINE_HOURS)} {BASELINE_HARDWARE}-h"
+    others = sorted({device_kind(d) for d in devices if "v100" not in d.lower()})
     if others:
-        cell += f" (hours on {', '.join(others)}, not {BASELINE.hardware}-hours)"
+        cell += f" (hours on {', '.join(others)}, not {BASELINE_HARDWARE}-hours)"
     return cell
 
 
-def _text(value: str) -> str:
+def _text(value: object) -> str:
     """Make user text safe inside a Markdown table cell."""
     return " ".join(str(value).split()).replace("|", "\\|")
-
-
-def _device_cell(rows: list[dict]) -> str:
-    return " / ".join(dict.fromkeys(f"{r['n_devices']}x {_text(r['device'])}" for r in rows))
-
-
-def _recipe_cell(recipe: str) -> str:
-    return f"[{recipe}](../rules/{recipe}.yaml)"  # README.md lives in results/
-
-
-def _backbone_cell(backbone: str) -> str:
-    return "random (control)" if backbone == "random" else backbone
 
 
 def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -242,139 +105,212 @@ def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- aggregation
+
+@dataclass
+class Configuration:
+    """The runs of one configuration: rows per protocol, pooled over seeds."""
+
+    recipe: str
+    dataset: str
+    backbone: str
+    epochs: int
+    device_kind: str
+    n_devices: int
+    dataset_classes: int | None
+    dataset_train_images: int | None
+    rows: dict[str, list[dict]] = field(default_factory=dict)  # protocol -> rows
+
+    @property
+    def imagenet_1k(self) -> bool:
+        return is_imagenet_1k(self.dataset_classes, self.dataset_train_images)
+
+    def all_rows(self) -> list[dict]:
+        return [row for rows in self.rows.values() for row in rows]
+
+    def values(self, protocol: str, key: str) -> list[float]:
+        return [r[key] for r in self.rows.get(protocol, []) if r[key] is not None]
+
+    def run_ids(self) -> list[str]:
+        return list(dict.fromkeys(row["run_id"] for row in self.all_rows()))
+
+    def seeds(self) -> str:
+        seeds = dict.fromkeys(row["seed"] for row in self.all_rows())
+        return ", ".join("unrecorded" if s is None else str(s) for s in seeds)
+
+    def hours_per_run(self) -> tuple[float, float]:
+        """Mean over runs of (pretraining hours, pretraining + these evaluations' hours)."""
+        pretrain, total = {}, {}
+        for row in self.all_rows():
+            pretrain[row["run_id"]] = row["pretrain_gpu_hours"]
+            total[row["run_id"]] = total.get(row["run_id"], 0.0) + row["eval_gpu_hours"]
+        runs = list(pretrain)
+        return (statistics.mean(pretrain[r] for r in runs),
+                statistics.mean(pretrain[r] + total[r] for r in runs))
+
+    def label(self) -> str:
+        return (f"{self.recipe} · {self.dataset} · {BACKBONE_NAMES[self.backbone]} · "
+                f"{self.epochs} ep · {self.n_devices}x {self.device_kind}")
+
+
+def configurations(runs: pd.DataFrame, protocols: tuple[str, ...]) -> list[Configuration]:
+    """Rows of ``protocols`` grouped by configuration; per recipe and data set the
+    pretrained rows come first, then external, random-init and raw-pixel rows."""
+    groups: dict[tuple, Configuration] = {}
+    order: dict[tuple, int] = {}
+    for row in runs[runs["protocol"].isin(protocols)].to_dict("records"):
+        key = (row["recipe"], row["dataset"], row["backbone"], row["epochs"],
+               device_kind(row["device"]), row["n_devices"])
+        if key not in groups:
+            groups[key] = Configuration(*key, row["dataset_classes"], row["dataset_train_images"])
+        groups[key].rows.setdefault(row["protocol"], []).append(row)
+        order.setdefault(key[:2], len(order))
+    ranked = sorted(groups, key=lambda key: (order[key[:2]], _BACKBONE_ORDER[key[2]]))  # stable
+    return [groups[key] for key in ranked]
+
+
 # ----------------------------------------------------------------------------- tables
 
-def _reference_cells(reference: Reference) -> tuple[str, str, str, str, str]:
-    hours = format_significant(reference.pretrain_hours)
-    is_baseline = reference is BASELINE
-    return (f"**{reference.name}** (reference)" if is_baseline else f"{reference.name} (reference)",
-            f"official, {reference.epochs} ep",
-            f"{reference.n_devices}x {reference.hardware}",
-            hours,
-            f"{hours} + eval (not published)")
+def _our_cells(config: Configuration) -> list[str]:
+    devices = " / ".join(dict.fromkeys(_text(r["device"]) for r in config.all_rows()))
+    return [f"[{config.recipe}](../rules/{config.recipe}.yaml)", _text(config.dataset),
+            BACKBONE_NAMES[config.backbone], str(config.epochs),
+            f"{config.n_devices}x {devices}", config.seeds()]
 
 
-def _grouped(runs: pd.DataFrame, protocols: tuple[str, ...]) -> list[list[dict]]:
-    """Rows of ``protocols`` grouped per (run_id, backbone), in order of first appearance."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for row in runs[runs["protocol"].isin(protocols)].to_dict("records"):
-        groups.setdefault((row["run_id"], row["backbone"]), []).append(row)
-    return list(groups.values())
+def _cost_cells(config: Configuration) -> list[str]:
+    pretrain, total = config.hours_per_run()
+    cost = (cost_ratio_cell(total, [r["device"] for r in config.all_rows()])
+            if config.imagenet_1k else _MISSING)
+    return [format_significant(pretrain), format_significant(total), cost]
 
 
-LINEAR_HEADERS = ["run", "recipe", "backbone", "epochs", "device", "top-1", "top-5",
-                  "best top-1", "Δ top-1 vs paper (pp)", "pretrain GPU-h",
-                  "total GPU-h (pretrain + eval)", "cost vs baseline"]
+def _accuracy_cells(config: Configuration, protocol: str, reference: float | None,
+                    best: bool) -> list[str]:
+    top1 = config.values(protocol, "top1")
+    cells = [format_mean_std(top1), format_mean_std(config.values(protocol, "top5"))]
+    if best:
+        best_values = config.values(protocol, "best_top1")
+        cells.append(format_accuracy(statistics.mean(best_values)) if best_values else _MISSING)
+    if reference is not None:
+        cells.append(format_delta(statistics.mean(top1) - reference)
+                     if top1 and config.imagenet_1k else _MISSING)
+    return cells
 
 
-def linear_table(runs: pd.DataFrame) -> str:
-    """Markdown table of the linear probe: the references, then one row per run/backbone."""
-    baseline_top1 = BASELINE.accuracy["linear"][0]
-    rows = []
-    for reference in REFERENCES:
-        name, recipe, device, pretrain, total = _reference_cells(reference)
-        top1, top5 = reference.accuracy["linear"]
-        delta = _MISSING if reference is BASELINE else format_delta(top1 - baseline_top1)
-        cost = "baseline" if reference is BASELINE else "same as baseline"
-        rows.append([name, recipe, "pretrained", str(reference.epochs), device,
-                     format_accuracy(top1), format_accuracy(top5), _MISSING, delta,
-                     pretrain, total, cost])
-    for (row,) in _grouped(runs, ("linear",)):
-        total = row["pretrain_gpu_hours"] + row["eval_gpu_hours"]
-        rows.append([f"`{_text(row['run_id'])}`", _recipe_cell(row["recipe"]),
-                     _backbone_cell(row["backbone"]), str(row["epochs"]), _device_cell([row]),
-                     format_accuracy(row["top1"]), format_accuracy(row["top5"]),
-                     format_accuracy(row["best_top1"]), format_delta(row["top1"] - baseline_top1),
-                     format_significant(row["pretrain_gpu_hours"]), format_significant(total),
-                     cost_ratio_cell(total, [row["device"]])])
-    return _markdown_table(LINEAR_HEADERS, rows)
+_OURS = ["recipe", "data set", "backbone", "epochs", "device", "seeds"]
+_COST = ["pretrain device-h per run (mean)", "total device-h per run (mean)", "cost vs baseline"]
 
 
-SEMI_HEADERS = ["run", "recipe", "backbone", "epochs", "device", "1% top-1", "1% top-5",
-                "Δ 1% top-1 (pp)", "10% top-1", "10% top-5", "Δ 10% top-1 (pp)",
-                "pretrain GPU-h", "total GPU-h (pretrain + semi evals)", "cost vs baseline"]
-
-
-def _semi_cells(top1: float | None, top5: float | None, baseline_top1: float,
-                show_delta: bool = True) -> list[str]:
-    delta = format_delta(top1 - baseline_top1) if top1 is not None and show_delta else _MISSING
-    return [format_accuracy(top1), format_accuracy(top5), delta]
+def single_protocol_table(runs: pd.DataFrame, protocol: str) -> str:
+    """Markdown table of our configurations for ``protocol`` ("linear" or "knn")."""
+    reference = PAPER.accuracy(protocol)
+    headers = _OURS + ["top-1", "top-5", "best top-1 (mean)"]
+    headers += ["Δ top-1 vs paper (pp)"] if reference else []
+    rows = [_our_cells(c) + _accuracy_cells(c, protocol, reference and reference[0], True)
+            + _cost_cells(c) for c in configurations(runs, (protocol,))]
+    return _markdown_table(headers + _COST, rows) if rows else "No runs recorded yet."
 
 
 def semi_table(runs: pd.DataFrame) -> str:
-    """Markdown table of semi-supervised fine-tuning: 1% and 10% side by side per run."""
-    base1, base10 = BASELINE.accuracy["semi1"][0], BASELINE.accuracy["semi10"][0]
+    """Markdown table of semi-supervised fine-tuning: 1% and 10% side by side."""
+    headers = _OURS + ["1% top-1", "1% top-5", "Δ 1% top-1 (pp)", "10% top-1", "10% top-5",
+                       "Δ 10% top-1 (pp)"] + _COST
+    headers[-2] = "total device-h per run (mean, pretrain + semi evals)"
+    rows = [_our_cells(c) + _accuracy_cells(c, "semi1", PAPER.semi1[0], False)
+            + _accuracy_cells(c, "semi10", PAPER.semi10[0], False) + _cost_cells(c)
+            for c in configurations(runs, ("semi1", "semi10"))]
+    return _markdown_table(headers, rows) if rows else "No runs recorded yet."
+
+
+def _published_accuracy(entry: Published, protocol: str) -> list[str]:
+    accuracy = entry.accuracy(protocol)
+    if accuracy is None:
+        return [_MISSING] * 3
+    reference = PAPER.accuracy(protocol)
+    comparable = entry.dataset_classes == 1000 and reference is not None and entry is not PAPER
+    delta = format_delta(accuracy[0] - reference[0]) if comparable else _MISSING
+    return [format_accuracy(accuracy[0]), format_accuracy(accuracy[1]), delta]
+
+
+def published_table(protocols: tuple[str, ...]) -> str:
+    """Published results with a number for any of ``protocols``, with their sources."""
+    entries = list(dict.fromkeys(e for p in protocols for e in published_for(p)))
+    headers = ["published, not run here", "source", "data set", "schedule"]
+    for protocol in protocols:
+        name = "" if len(protocols) == 1 else PROTOCOL_NAMES[protocol] + " "
+        headers += [f"{name}top-1", f"{name}top-5", f"Δ {name}top-1 vs paper (pp)"]
+    headers += ["hardware", "pretrain device-h"]
     rows = []
-    for reference in REFERENCES:
-        name, recipe, device, pretrain, total = _reference_cells(reference)
-        show_delta = reference is not BASELINE
-        cost = "same as baseline" if show_delta else "baseline"
-        rows.append([name, recipe, "pretrained", str(reference.epochs), device,
-                     *_semi_cells(*reference.accuracy["semi1"], base1, show_delta),
-                     *_semi_cells(*reference.accuracy["semi10"], base10, show_delta),
-                     pretrain, total, cost])
-    for group in _grouped(runs, ("semi1", "semi10")):
-        by_protocol = {row["protocol"]: row for row in group}
-        first = group[0]
-        semi1, semi10 = by_protocol.get("semi1", {}), by_protocol.get("semi10", {})
-        total = first["pretrain_gpu_hours"] + sum(row["eval_gpu_hours"] for row in group)
-        rows.append([f"`{_text(first['run_id'])}`", _recipe_cell(first["recipe"]),
-                     _backbone_cell(first["backbone"]), str(first["epochs"]), _device_cell(group),
-                     *_semi_cells(semi1.get("top1"), semi1.get("top5"), base1),
-                     *_semi_cells(semi10.get("top1"), semi10.get("top5"), base10),
-                     format_significant(first["pretrain_gpu_hours"]), format_significant(total),
-                     cost_ratio_cell(total, [row["device"] for row in group])])
-    return _markdown_table(SEMI_HEADERS, rows)
+    for entry in entries:
+        note = f" ({entry.hours_note})" if entry.hours_note else ""
+        hours = "not published" if entry.pretrain_hours is None else \
+            format_significant(entry.pretrain_hours) + note
+        rows.append([f"{entry.name} (published, not run here)",
+                     f"[{_text(entry.source)}]({entry.url})",
+                     f"{entry.dataset}, {entry.architecture}", entry.schedule,
+                     *[cell for p in protocols for cell in _published_accuracy(entry, p)],
+                     entry.hardware or "not published", hours])
+    return _markdown_table(headers, rows)
 
 
 def _provenance(runs: pd.DataFrame) -> str:
-    lines = []
+    lines = ["Runs pooled in each configuration (all protocols):", ""]
+    for config in configurations(runs, PROTOCOLS):
+        ids = ", ".join(f"`{_text(i)}`" for i in config.run_ids())
+        lines.append(f"- {_text(config.label())}: {ids}")
+    lines += ["", "Runs:", ""]
     for run_id, rows in runs.groupby("run_id", sort=False):
         last = rows.iloc[-1]
-        lines.append(f"- `{_text(run_id)}`: commit `{_text(last['git_sha']) or 'unknown'}`, "
+        seed = "unrecorded" if last["seed"] is None else last["seed"]
+        lines.append(f"- `{_text(run_id)}`: seed {seed}, data set {_text(last['dataset'])}, "
+                     f"commit `{_text(last['git_sha']) or 'unknown'}`, "
                      f"finished {_text(last['finished_at']) or 'unknown'}, "
                      f"run dir `{_text(last['run_dir']) or 'unknown'}`")
     return "\n".join(lines)
 
 
+def _notes() -> list[str]:
+    costs = " and ".join(cost.describe() for cost in BASELINE_COSTS)
+    return [
+        f"- Baseline cost: two published figures, {costs}. Cost ratios use the lower, "
+        f"{format_significant(BASELINE_HOURS)} {BASELINE_HARDWARE}-hours; the baseline's "
+        "evaluation hours are unknown, which flatters the baseline.",
+        f"- Δ and cost vs baseline are shown only for ImageNet-1k rows (1000 classes, more "
+        f"than 1.2M train images); other rows show {_MISSING}: {NOT_COMPARABLE}. The "
+        "ImageNet-100 published rows compare only with runs on 100 classes.",
+        "- Accuracy cells are mean ± sample standard deviation (ddof=1) over the runs (seeds) "
+        f"of a configuration, with n; for n=1 the deviation is {_MISSING}. top-1/top-5 are "
+        "from the final epoch; best top-1 (mean of the best epochs) is for reference only.",
+        "- Device-h are devices x wall-clock hours of the timed stages, on the device named "
+        "in the row, per run (mean over the configuration's runs); hours on other hardware "
+        "are **not V100-hours**. Total = pretraining + the evaluations of that table.",
+        "- Backbones: pretrained (ours), external (a published checkpoint evaluated here: no "
+        "pretraining cost here), random init (control) and raw pixels as features (floor).",
+        "- kNN: top-1/top-5 of a k=20 nearest-neighbour vote on frozen features, cosine "
+        "similarity, weights exp(similarity / 0.07) (Wu et al. 2018).",
+        "- When an evaluation was recorded more than once, the last row of runs.csv counts. "
+        "Rows recorded before runs.csv had a data set and seed show them as unrecorded.",
+    ]
+
+
 def render_readme(runs: pd.DataFrame) -> str:
     """The whole results/README.md text for ``runs`` (as returned by read_runs)."""
-    baseline_hours = format_significant(BASELINE.pretrain_hours)
-    parts = [
-        "# Results",
-        "",
-        "_Generated by `python -m ffcv_bt.results` from `runs.csv`: do not edit by hand._",
-        "",
-        f"Baseline: Barlow Twins ResNet-50 (arXiv 2103.03230), {BASELINE.epochs} epochs of "
-        f"pretraining on {BASELINE.n_devices} {BASELINE.hardware} for ~7 days = "
-        f"~{baseline_hours} {BASELINE.hardware}-hours; its evaluation cost is not published. "
-        f"Δ columns are percentage points against the paper row. Each run is evaluated on "
-        f"its recipe's data set (the `demo` recipe: Fashion-MNIST on a CPU, a check of the "
-        f"pipeline, not an ImageNet result).",
-        "",
-        "![top-1 accuracy vs device-hours](cost_accuracy.png)",
-        "",
-        "## Linear probe (frozen backbone, 100% labels)",
-        "",
-        linear_table(runs),
-        "",
-        "## Semi-supervised fine-tuning (1% and 10% labels)",
-        "",
-        semi_table(runs),
-        "",
-        "## Notes",
-        "",
-        "- GPU-h are device-hours: devices x wall-clock hours of the timed stages, on the "
-        "device named in the row. Hours on other hardware are **not V100-hours**: a cost "
-        f"cell such as \"0.01x of {baseline_hours} V100-h (hours on cpu, not V100-hours)\" "
-        "compares hours on the two device types it names.",
-        "- Cost vs baseline = our total hours / the baseline's pretraining hours (the "
-        "baseline's evaluation hours are unknown, which flatters the baseline).",
-        "- top-1/top-5 are from the final epoch; best top-1 (best epoch) is shown for "
-        "reference only. A random (control) row evaluates a randomly initialised backbone.",
-        "- When an evaluation was recorded more than once, the last row appended to "
-        "runs.csv is shown.",
-    ]
+    sections = [("kNN (frozen backbone, k=20, cosine, T=0.07)", ("knn",)),
+                ("Linear probe (frozen backbone, 100% labels)", ("linear",)),
+                ("Semi-supervised fine-tuning (1% and 10% labels)", ("semi1", "semi10"))]
+    parts = ["# Results", "",
+             "_Generated by `python -m ffcv_bt.results` from `runs.csv`: do not edit by hand._",
+             "",
+             f"Baseline: Barlow Twins ResNet-50 ([{PAPER.source}]({PAPER.url})), {PAPER.epochs} "
+             f"epochs of ImageNet-1k pretraining. Each run is evaluated on its own data set "
+             f"(column \"data set\"); only ImageNet-1k rows are compared with the baseline.",
+             "", "![top-1 accuracy vs device-hours](cost_accuracy.png)"]
+    for heading, protocols in sections:
+        table = semi_table(runs) if len(protocols) == 2 else single_protocol_table(runs, *protocols)
+        parts += ["", f"## {heading}", "", table, "", "### Published, not run here", "",
+                  published_table(protocols)]
+    parts += ["", "## Notes", "", *_notes()]
     if runs.empty:
         parts += ["", "No runs recorded yet in runs.csv."]
     else:
@@ -384,66 +320,68 @@ def render_readme(runs: pd.DataFrame) -> str:
 
 # ----------------------------------------------------------------------------- plot
 
-_MARKERS = {"linear": "o", "semi1": "s", "semi10": "^"}
+_MARKERS = {"knn": "D", "linear": "o", "semi1": "s", "semi10": "^"}
+_FILL = {"pretrained": "full", "external": "top", "random": "none", "pixels": "bottom"}
 
 
 def plot_cost_accuracy(runs: pd.DataFrame, png_path: str | os.PathLike) -> Path:
-    """Top-1 vs device-hours (log x): marker shape per protocol, filled = pretrained,
-    hollow = random control, colour per device type, reference points labelled."""
+    """Mean top-1 (error bar: std over seeds) vs mean device-hours per run, one point per
+    configuration and protocol (log x); marker = protocol, fill = backbone, colour = data
+    set; the ImageNet-1k references at their published cost."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
     from matplotlib.lines import Line2D
 
-    fig = Figure(figsize=(9, 6), dpi=120)
+    fig = Figure(figsize=(10, 6.5), dpi=120)
     ax = fig.subplots()
-    # The re-run has the paper's cost: draw it smaller, on top, so both stay visible.
-    reference_colors = {PAPER.name: "black", RERUN.name: "darkgray"}
-    reference_sizes = {PAPER.name: 12, RERUN.name: 6}
-    for reference in REFERENCES:
-        for protocol, (top1, _) in reference.accuracy.items():
-            ax.plot([reference.pretrain_hours], [top1], marker=_MARKERS[protocol],
-                    markersize=reference_sizes[reference.name], linestyle="none",
-                    color=reference_colors[reference.name], zorder=3)
-        if reference is BASELINE:
-            for protocol, (top1, _) in reference.accuracy.items():
-                ax.annotate(f"{reference.name}, {PROTOCOL_NAMES[protocol]}: {top1:.1f}",
-                            (reference.pretrain_hours, top1), textcoords="offset points",
-                            xytext=(-10, 8), ha="right", fontsize=8)
+    low, high = (cost.hours for cost in BASELINE_COSTS)
+    for entry, color, size in ((PAPER, "black", 12), (RELEASED_WEIGHTS, "darkgray", 6)):
+        for protocol in ("linear", "semi1", "semi10"):
+            top1 = entry.accuracy(protocol)[0]
+            ax.plot([BASELINE_HOURS], [top1], marker=_MARKERS[protocol], markersize=size,
+                    linestyle="none", color=color, zorder=3)
+            if entry is PAPER:
+                ax.hlines(top1, low, high, color=color, linewidth=1)  # the two published costs
+                ax.annotate(f"paper, {PROTOCOL_NAMES[protocol]}: {top1:.1f}", (low, top1),
+                            textcoords="offset points", xytext=(-10, 8), ha="right", fontsize=8)
 
-    kinds = list(dict.fromkeys(device_kind(d) for d in runs["device"]))
-    palette = [f"C{i}" for i in range(10)]
-    colors = {kind: palette[i % len(palette)] for i, kind in enumerate(kinds)}
+    datasets = list(dict.fromkeys(runs["dataset"]))
+    colors = {name: f"C{i % 10}" for i, name in enumerate(datasets)}
     skipped = 0
-    for row in runs.to_dict("records"):
-        hours = row["pretrain_gpu_hours"] + row["eval_gpu_hours"]
-        if hours <= 0:
-            skipped += 1
-            continue
-        color = colors[device_kind(row["device"])]
-        ax.plot([hours], [row["top1"]], marker=_MARKERS[row["protocol"]], markersize=8,
-                linestyle="none", color=color, markeredgecolor=color, markeredgewidth=1.5,
-                markerfacecolor=color if row["backbone"] == "pretrained" else "none")
+    for config in configurations(runs, PROTOCOLS):
+        for protocol in config.rows:
+            one = replace(config, rows={protocol: config.rows[protocol]})
+            hours, top1 = one.hours_per_run()[1], one.values(protocol, "top1")
+            skipped += hours <= 0
+            if hours <= 0:
+                continue
+            spread = [statistics.stdev(top1)] if len(top1) > 1 else None  # no bar for n=1
+            ax.errorbar([hours], [statistics.mean(top1)], yerr=spread, capsize=3,
+                        color=colors[config.dataset], marker=_MARKERS[protocol], markersize=8,
+                        linestyle="none", fillstyle=_FILL[config.backbone], markeredgewidth=1.5)
 
     ax.set_xscale("log")
-    ours = ", ".join(kinds) if kinds else "no runs yet"
-    ax.set_xlabel(f"device-hours, pretraining + that evaluation (log scale)\n"
-                  f"reference: {BASELINE.hardware}-hours of pretraining; our runs: hours on {ours}")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Barlow Twins: top-1 vs cost (reference: ImageNet; each run: its recipe's data)")
+    kinds = ", ".join(dict.fromkeys(device_kind(d) for d in runs["device"])) or "no runs yet"
+    ax.set_xlabel(f"device-hours per run, pretraining + that evaluation (log scale)\n"
+                  f"references: {BASELINE_HARDWARE}-hours of pretraining "
+                  f"({low:,.0f} to {high:,.0f}); our runs: hours on {kinds}")
+    ax.set_ylabel("top-1 accuracy (%), mean ± std over seeds")
+    ax.set_title("Barlow Twins: top-1 vs cost. Each run uses its own data set (colour);\n"
+                 "the references are ImageNet-1k and compare only with ImageNet-1k runs",
+                 fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
 
-    def handle(label: str, marker: str = "o", color: str = "tab:gray",
-               filled: bool = True) -> Line2D:
-        return Line2D([], [], marker=marker, linestyle="none", color=color, label=label,
-                      markerfacecolor=color if filled else "none")
+    def handle(label: str, marker: str = "o", color: str = "gray", fill: str = "full") -> Line2D:
+        return Line2D([], [], marker=marker, ls="none", color=color, label=label, fillstyle=fill)
 
     handles = [handle(PROTOCOL_NAMES[p], m) for p, m in _MARKERS.items()]
-    handles += [handle("pretrained backbone"), handle("random-init control", filled=False)]
-    handles += [handle(f"{r.name} ({r.n_devices}x {r.hardware})", color=reference_colors[r.name])
-                for r in REFERENCES]
-    handles += [handle(f"ours on {kind}", color=colors[kind]) for kind in kinds]
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    handles += [handle(BACKBONE_NAMES[b], fill=f) for b, f in _FILL.items()]
+    handles += [handle(f"{PAPER.name} (ImageNet-1k)", color="black"),
+                handle(f"{RELEASED_WEIGHTS.name} (ImageNet-1k)", color="darkgray")]
+    handles += [handle(f"ours: {'data set ' if name == UNRECORDED else ''}{name}",
+                       color=colors[name]) for name in datasets]
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if skipped:
-        fig.text(0.01, 0.01, f"{skipped} row(s) with 0 hours not shown (log axis)", fontsize=7)
+        fig.text(0.01, 0.01, f"{skipped} point(s) with 0 hours not shown (log axis)", fontsize=7)
     fig.tight_layout()
     return atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))
 
@@ -459,6 +397,7 @@ def generate(results_dir: str | os.PathLike) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """CLI: ``python -m ffcv_bt.results [--results-dir results]``."""
     parser = argparse.ArgumentParser(
         description="Regenerate results/README.md and results/cost_accuracy.png from runs.csv.")
     parser.add_argument("--results-dir", type=Path, default=Path("results"),
@@ -470,4 +409,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))  # a bad runs.csv: one line naming file, line and column

@@ -1,140 +1,283 @@
-"""Tests for ffcv_bt.results: append-only runs.csv, generated tables and plot."""
+"""Tests for ffcv_bt.results: tables aggregated over seeds, published rows, the plot."""
 from __future__ import annotations
 
-import csv
-import fcntl
-import json
-import multiprocessing
-import subprocess
-import sys
-import time
+import statistics
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from ffcv_bt.results import (RUNS_COLUMNS, append_run_row, check_run_row, format_significant,
-                             generate, main, read_runs)
+from ffcv_bt.published import PUBLISHED, published_for
+from ffcv_bt.results import (format_mean_std, format_significant, generate, is_imagenet_1k,
+                             main, read_runs)
+from ffcv_bt.runs_csv import append_run_row
+from tests.test_runs_csv import IMAGENET, LEGACY_CSV, make_row
 
 REPO = Path(__file__).resolve().parents[1]
-A100 = "NVIDIA A100-SXM4-80GB"
 CPU = "cpu (Intel(R) Xeon(R) CPU @ 2.20GHz)"
 V100 = "Tesla V100-SXM2-32GB"
-BASELINE_HOURS = 16 * 7 * 24  # 16 V100 x 7 days
+A100 = "NVIDIA A100-SXM4-80GB"
+FASHION = "fashion-mnist (10 classes, 10,000 train)"
+FASHION_KEYS = {"dataset": FASHION, "dataset_classes": 10, "dataset_train_images": 10000}
+BASELINE_HOURS = 16 * 7 * 24  # 16 V100 x 7 days, the released code's README
 
 
-def make_row(**overrides) -> dict:
-    row = {"run_id": "bt100", "recipe": "100ep", "protocol": "linear", "backbone": "pretrained",
-           "epochs": 100, "top1": 68.123, "top5": 88.456, "best_top1": 68.5,
-           "pretrain_gpu_hours": 40.5, "eval_gpu_hours": 3.2, "device": A100, "n_devices": 8,
-           "git_sha": "0123abcd", "finished_at": "2025-01-02T03:04:05Z",
-           "run_dir": "results/runs/bt100"}
-    row.update(overrides)
-    return row
+def tables(readme: str, heading: str) -> tuple[list[dict], list[dict]]:
+    """(our rows, published rows) of the two Markdown tables under ``## heading``."""
+    section = readme.split(f"\n## {heading}", 1)[1].split("\n## ", 1)[0]
+    ours, published = section.split("### Published, not run here")
+    return _rows(ours), _rows(published)
 
 
-def table_rows(readme: str, heading: str) -> dict[str, dict[str, str]]:
-    """The Markdown table under ``## heading``, as {first cell: {header: cell}}."""
-    section = readme.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
+def _rows(text: str) -> list[dict]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    if not lines:
+        return []
     split = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
-    headers, body = split[0], split[2:]
-    rows = {}
-    for cells in body:
-        assert len(cells) == len(headers)
-        record = dict(zip(headers, cells))
-        key = cells[0] + (" random" if record["backbone"].startswith("random") else "")
-        rows[key] = record
-    return rows
+    headers = split[0]
+    assert all(len(cells) == len(headers) for cells in split)
+    return [dict(zip(headers, cells)) for cells in split[2:]]
 
 
-def linear(readme: str) -> dict[str, dict[str, str]]:
-    return table_rows(readme, "Linear probe")
-
-
-def semi(readme: str) -> dict[str, dict[str, str]]:
-    return table_rows(readme, "Semi-supervised")
+def mean_std(values: list[float]) -> str:
+    """Independent of the code under test: statistics.stdev is the sample std (ddof=1)."""
+    spread = f"{statistics.stdev(values):.2f}" if len(values) > 1 else "—"
+    return f"{statistics.mean(values):.2f} ± {spread} (n={len(values)})"
 
 
 def expected_cost(total_hours: float, device_note: str | None) -> str:
-    ratio = total_hours / BASELINE_HOURS
-    cell = f"{ratio:.3g}x of 2,688 V100-h"
+    cell = f"{total_hours / BASELINE_HOURS:.3g}x of 2,688 V100-h"
     return cell + (f" (hours on {device_note}, not V100-hours)" if device_note else "")
 
 
-def check_reference_rows(readme: str) -> None:
-    lin, sem = linear(readme), semi(readme)
-    paper, rerun = lin["**Barlow Twins paper** (reference)"], lin["independent re-run (reference)"]
-    assert (paper["top-1"], paper["top-5"]) == ("73.30", "91.00")
+def write(tmp_path: Path, rows: list[dict]) -> str:
+    for row in rows:
+        append_run_row(tmp_path / "runs.csv", row)
+    generate(tmp_path)
+    return (tmp_path / "README.md").read_text()
+
+
+def seeds_of_imagenet() -> list[dict]:
+    """Two seeds of one ImageNet-1k configuration, each with its random and pixel rows."""
+    rows = []
+    for seed, top1, top5, hours in ((0, 68.1, 88.0, 40.0), (1, 69.3, 88.9, 42.0)):
+        run = {"run_id": f"bt100-s{seed}", "seed": seed, "run_dir": f"results/runs/bt100-s{seed}"}
+        rows += [make_row(**run, top1=top1, top5=top5, best_top1=top1 + 0.2,
+                          pretrain_gpu_hours=hours, eval_gpu_hours=3.0),
+                 make_row(**run, protocol="semi1", top1=top1 - 15, top5=top5 - 10,
+                          pretrain_gpu_hours=hours, eval_gpu_hours=0.5),
+                 make_row(**run, protocol="semi10", top1=top1 - 2, top5=top5 - 1,
+                          pretrain_gpu_hours=hours, eval_gpu_hours=1.5),
+                 make_row(**run, protocol="knn", top1=top1 - 8, top5=top5 - 5,
+                          pretrain_gpu_hours=hours, eval_gpu_hours=0.1)]
+        for backbone, accuracy in (("random", 4.0 + seed), ("pixels", 3.0 + seed)):
+            rows.append(make_row(**run, backbone=backbone, epochs=0, top1=accuracy, top5=12.0,
+                                 pretrain_gpu_hours=0.0, eval_gpu_hours=2.0))
+    return rows
+
+
+def test_two_seeds_collapse_into_one_row_with_mean_and_sample_std(tmp_path):
+    readme = write(tmp_path, seeds_of_imagenet())
+    lin, _ = tables(readme, "Linear probe")
+    assert [r["backbone"] for r in lin] == ["pretrained", "random init (control)",
+                                            "raw pixels (floor)"]
+    ours = lin[0]
+    assert ours["recipe"] == "[100ep](../rules/100ep.yaml)"
+    assert ours["data set"] == IMAGENET and ours["epochs"] == "100" and ours["seeds"] == "0, 1"
+    assert ours["device"] == f"8x {A100}"
+    assert ours["top-1"] == mean_std([68.1, 69.3]) == "68.70 ± 0.85 (n=2)"
+    assert ours["top-5"] == mean_std([88.0, 88.9])
+    assert ours["best top-1 (mean)"] == f"{statistics.mean([68.3, 69.5]):.2f}"
+    assert ours["Δ top-1 vs paper (pp)"] == f"{statistics.mean([68.1, 69.3]) - 73.3:+.2f}"
+    assert ours["pretrain device-h per run (mean)"] == "41.0"  # (40 + 42) / 2
+    assert ours["total device-h per run (mean)"] == "44.0"  # 41 + 3 of linear probe
+    assert ours["cost vs baseline"] == expected_cost(44.0, A100)
+    control = lin[1]
+    assert control["top-1"] == mean_std([4.0, 5.0]) and control["epochs"] == "0"
+    assert control["pretrain device-h per run (mean)"] == "0"
+    assert control["Δ top-1 vs paper (pp)"] == f"{4.5 - 73.3:+.2f}"
+
+    sem, _ = tables(readme, "Semi-supervised")
+    ours = sem[0]
+    assert ours["1% top-1"] == mean_std([53.1, 54.3]) and ours["10% top-1"] == mean_std([66.1, 67.3])
+    assert ours["1% top-5"] == mean_std([78.0, 78.9]) and ours["10% top-5"] == mean_std([87.0, 87.9])
+    assert ours["Δ 1% top-1 (pp)"] == f"{statistics.mean([53.1, 54.3]) - 55.0:+.2f}"
+    assert ours["Δ 10% top-1 (pp)"] == f"{statistics.mean([66.1, 67.3]) - 69.7:+.2f}"
+    assert ours["total device-h per run (mean, pretrain + semi evals)"] == "43.0"  # 41 + 0.5 + 1.5
+
+    knn, published = tables(readme, "kNN")
+    assert "Δ top-1 vs paper (pp)" not in knn[0]  # the paper publishes no kNN number
+    assert knn[0]["top-1"] == mean_std([60.1, 61.3])
+    assert [r["backbone"] for r in knn] == ["pretrained"]
+    assert [r["top-1"] for r in published] == ["63.80"]
+    assert "bt100-s0`, `bt100-s1`" in readme.split("## Provenance")[1]
+
+
+def test_n_one_shows_the_value_and_a_dash_for_the_std(tmp_path):
+    readme = write(tmp_path, [make_row(top1=70.0, top5=90.0)])
+    assert tables(readme, "Linear probe")[0][0]["top-1"] == "70.00 ± — (n=1)"
+    assert format_mean_std([70.0]) == "70.00 ± — (n=1)"
+    assert format_mean_std([]) == "—"
+    values = [61.0, 62.5, 64.25]
+    assert format_mean_std(values) == f"{statistics.mean(values):.2f} ± " \
+                                      f"{statistics.stdev(values):.2f} (n=3)"
+
+
+@pytest.mark.parametrize("change", [FASHION_KEYS, {"epochs": 300}, {"recipe": "300ep"},
+                                    {"n_devices": 4}, {"device": V100}])
+def test_another_configuration_stays_apart(tmp_path, change):
+    rows = [make_row(run_id="a", seed=0), make_row(run_id="b", seed=1, top1=70.0),
+            make_row(run_id="c", seed=2, top1=50.0, **change)]
+    lin, _ = tables(write(tmp_path, rows), "Linear probe")
+    assert len(lin) == 2
+    assert lin[0]["top-1"] == mean_std([68.123, 70.0]) and lin[1]["top-1"] == mean_std([50.0])
+
+
+def test_same_device_type_with_other_details_pools(tmp_path):
+    rows = [make_row(run_id="a", device="cpu (AMD EPYC)", top1=60.0),
+            make_row(run_id="b", seed=1, device="cpu (Intel Xeon)", top1=62.0)]
+    lin, _ = tables(write(tmp_path, rows), "Linear probe")
+    assert len(lin) == 1 and lin[0]["top-1"] == mean_std([60.0, 62.0])
+    assert lin[0]["device"] == "8x cpu (AMD EPYC) / cpu (Intel Xeon)"
+
+
+def test_controls_sit_below_the_pretrained_row_of_their_recipe_and_dataset(tmp_path):
+    fashion = {**FASHION_KEYS, "recipe": "demo", "device": CPU, "n_devices": 1}
+    rows = [make_row(run_id="d", backbone="pixels", epochs=0, pretrain_gpu_hours=0, **fashion),
+            make_row(run_id="i", backbone="random", epochs=0, pretrain_gpu_hours=0),
+            make_row(run_id="d", **fashion),
+            make_row(run_id="i"),
+            make_row(run_id="d", backbone="random", epochs=0, pretrain_gpu_hours=0, **fashion),
+            make_row(run_id="x", backbone="external", epochs=1000, pretrain_gpu_hours=0)]
+    lin, _ = tables(write(tmp_path, rows), "Linear probe")
+    assert [(r["data set"], r["backbone"]) for r in lin] == [
+        (FASHION, "pretrained"), (FASHION, "random init (control)"), (FASHION, "raw pixels (floor)"),
+        (IMAGENET, "pretrained"), (IMAGENET, "external (published checkpoint)"),
+        (IMAGENET, "random init (control)")]
+
+
+def test_delta_and_cost_only_for_imagenet_1k(tmp_path):
+    imagenet_100 = {"dataset": "imagenet-100", "dataset_classes": 100,
+                    "dataset_train_images": 126689}
+    small_1k = {"dataset": "imagenet-1k subset", "dataset_train_images": 128000}
+    rows = [make_row(run_id="in1k"), make_row(run_id="fm", **FASHION_KEYS),
+            make_row(run_id="in100", **imagenet_100), make_row(run_id="sub", **small_1k),
+            make_row(run_id="fm", protocol="semi1", **FASHION_KEYS)]
+    readme = write(tmp_path, rows)
+    lin, _ = tables(readme, "Linear probe")
+    by_dataset = {r["data set"]: r for r in lin}
+    assert by_dataset[IMAGENET]["Δ top-1 vs paper (pp)"] == f"{68.123 - 73.3:+.2f}"
+    assert by_dataset[IMAGENET]["cost vs baseline"] == expected_cost(43.7, A100)
+    for name in (FASHION, "imagenet-100", "imagenet-1k subset"):
+        assert by_dataset[name]["Δ top-1 vs paper (pp)"] == "—"
+        assert by_dataset[name]["cost vs baseline"] == "—"
+        assert by_dataset[name]["total device-h per run (mean)"] == "43.7"  # hours still shown
+    sem, _ = tables(readme, "Semi-supervised")
+    assert sem[0]["Δ 1% top-1 (pp)"] == sem[0]["cost vs baseline"] == "—"
+    assert sem[0]["10% top-1"] == "—"  # only the 1% evaluation was recorded
+    assert "not comparable to the ImageNet reference" in readme
+    assert is_imagenet_1k(1000, 1281167) and not is_imagenet_1k(1000, 1_200_000)
+    assert not is_imagenet_1k(None, None) and not is_imagenet_1k(100, 1281167)
+
+
+def test_cost_names_the_device_type_when_not_v100(tmp_path):
+    rows = [make_row(run_id="v", device=V100, n_devices=16, pretrain_gpu_hours=600.0,
+                     eval_gpu_hours=30.0),
+            make_row(run_id="c", device=CPU, n_devices=2, pretrain_gpu_hours=0.0123,
+                     eval_gpu_hours=0.004)]
+    lin, _ = tables(write(tmp_path, rows), "Linear probe")
+    assert lin[0]["cost vs baseline"] == expected_cost(630.0, None)
+    assert lin[1]["cost vs baseline"] == f"{(0.0163) / BASELINE_HOURS:.2e}x of 2,688 V100-h " \
+                                         "(hours on cpu, not V100-hours)"
+
+
+def test_published_rows_with_their_sources(tmp_path):
+    readme = write(tmp_path, [])
+    for heading, protocols in (("kNN", ("knn",)), ("Linear probe", ("linear",)),
+                               ("Semi-supervised", ("semi1", "semi10"))):
+        ours, published = tables(readme, heading)
+        assert ours == []
+        entries = list(dict.fromkeys(e for p in protocols for e in published_for(p)))
+        assert len(published) == len(entries) > 0
+        for entry, row in zip(entries, published):
+            assert row["published, not run here"] == f"{entry.name} (published, not run here)"
+            assert row["source"] == f"[{entry.source}]({entry.url})"
+    _, lin = tables(readme, "Linear probe")
+    by_name = {r["published, not run here"].split(" (published")[0]: r for r in lin}
+    assert (by_name["Barlow Twins paper"]["top-1"], by_name["Barlow Twins paper"]["top-5"]) == \
+        ("73.30", "91.00")
+    assert "arXiv 2103.03230" in by_name["Barlow Twins paper"]["source"]
+    rerun = by_name["re-evaluation of the released weights"]
     assert (rerun["top-1"], rerun["top-5"]) == ("73.27", "91.09")
+    assert "barlowtwins GitHub issue 14" in rerun["source"]
     assert rerun["Δ top-1 vs paper (pp)"] == f"{73.27 - 73.3:+.2f}"
-    assert paper["device"] == rerun["device"] == "16x V100"
-    assert paper["pretrain GPU-h"] == rerun["pretrain GPU-h"] == f"{BASELINE_HOURS:,}"
-    paper, rerun = sem["**Barlow Twins paper** (reference)"], sem["independent re-run (reference)"]
-    assert [paper[k] for k in ("1% top-1", "1% top-5", "10% top-1", "10% top-5")] == \
-        ["55.00", "79.20", "69.70", "89.30"]
-    assert [rerun[k] for k in ("1% top-1", "1% top-5", "10% top-1", "10% top-5")] == \
-        ["55.09", "79.89", "68.89", "88.97"]
-    assert rerun["Δ 10% top-1 (pp)"] == f"{68.89 - 69.7:+.2f}"
+    expected = {"VISSL, 300 ep": "70.75", "VISSL, 1000 ep": "71.80", "mmselfsup, 300 ep": "71.80",
+                "solo-learn, 100 ep": "67.20", "lightly, 100 ep": "62.90",
+                "solo-learn ImageNet-100, online linear": "80.38",
+                "solo-learn ImageNet-100, offline linear": "80.16"}
+    for batch, top1 in (("128", "69.70"), ("256", "70.70"), ("512", "71.40"), ("1024", "71.70"),
+                        ("2048", "71.40"), ("4096", "70.70")):
+        expected[f"barlowtwins issue 7, batch {batch}"] = top1
+    assert {name: row["top-1"] for name, row in by_name.items()
+            if name in expected} == expected and len(by_name) == len(expected) + 2
+    assert by_name["solo-learn ImageNet-100, online linear"]["Δ top-1 vs paper (pp)"] == "—"
+    assert by_name["Barlow Twins paper"]["Δ top-1 vs paper (pp)"] == "—"
+    _, sem = tables(readme, "Semi-supervised")
+    assert [[r[k] for k in ("1% labels top-1", "1% labels top-5", "10% labels top-1",
+                            "10% labels top-5")] for r in sem] == \
+        [["55.00", "79.20", "69.70", "89.30"], ["55.09", "79.89", "68.89", "88.97"]]
+    notes = readme.split("## Notes")[1]
+    assert "2,688 V100-hours (16 V100 x ~7 days, the released code's README" in notes
+    assert "3,968 V100-hours (32 V100 x ~124 h, the paper's text" in notes
+    assert "Cost ratios use the lower, 2,688 V100-hours" in notes
+    assert all(entry.source and entry.url.startswith("https://") for entry in PUBLISHED)
 
 
-def test_generate_writes_both_tables_and_plot(tmp_path):
-    csv_path = tmp_path / "runs.csv"
-    bt100 = {"linear": make_row(),
-             "linear random": make_row(backbone="random", epochs=0, top1=4.1, top5=11.3,
-                                       best_top1=4.2, pretrain_gpu_hours=0.0, eval_gpu_hours=3.0),
-             "semi1": make_row(protocol="semi1", top1=50.25, top5=75.5, eval_gpu_hours=0.4),
-             "semi10": make_row(protocol="semi10", top1=66.2, top5=86.01, eval_gpu_hours=1.4)}
-    demo = make_row(run_id="demo", recipe="demo", epochs=2, top1=12.5, top5=40.0, best_top1="",
-                    pretrain_gpu_hours=0.0123, eval_gpu_hours=0.004, device=CPU, n_devices=2)
-    demo_semi1 = {**demo, "protocol": "semi1", "top1": 9.0, "eval_gpu_hours": 0.001}
-    v100 = make_row(run_id="v100run", recipe="300ep", pretrain_gpu_hours=600.0,
-                    eval_gpu_hours=30.0, device=V100, n_devices=16)
-    for row in [*bt100.values(), demo, demo_semi1, v100]:
-        append_run_row(csv_path, row)
-
+@pytest.mark.parametrize("create_empty_file", [False, True])
+def test_no_runs_still_shows_published_results(tmp_path, create_empty_file):
+    if create_empty_file:
+        (tmp_path / "runs.csv").touch()
     generate(tmp_path)
     readme = (tmp_path / "README.md").read_text()
-    assert "Generated by `python -m ffcv_bt.results`" in readme
-    assert "do not edit by hand" in readme
-    check_reference_rows(readme)
+    assert "No runs recorded yet in runs.csv." in readme
+    assert len(tables(readme, "Linear probe")[1]) == len(published_for("linear"))
+    with Image.open(tmp_path / "cost_accuracy.png") as image:
+        assert image.format == "PNG"
 
-    lin = linear(readme)
-    ours = lin["`bt100`"]
-    assert ours["recipe"] == "[100ep](../rules/100ep.yaml)"
-    assert ours["device"] == f"8x {A100}"
-    assert (ours["top-1"], ours["top-5"], ours["best top-1"]) == ("68.12", "88.46", "68.50")
-    assert ours["Δ top-1 vs paper (pp)"] == f"{68.123 - 73.3:+.2f}"
-    assert ours["pretrain GPU-h"] == "40.5"
-    assert ours["total GPU-h (pretrain + eval)"] == "43.7"
-    assert ours["cost vs baseline"] == expected_cost(40.5 + 3.2, A100)
 
-    control = lin["`bt100` random"]
-    assert control["backbone"] == "random (control)"
-    assert control["Δ top-1 vs paper (pp)"] == f"{4.1 - 73.3:+.2f}"
-    assert control["cost vs baseline"] == expected_cost(3.0, A100)
+def test_legacy_committed_file_renders(tmp_path):
+    (tmp_path / "runs.csv").write_text(LEGACY_CSV)
+    generate(tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    lin, _ = tables(readme, "Linear probe")
+    assert [(r["data set"], r["seeds"], r["top-1"]) for r in lin] == [
+        ("unrecorded", "unrecorded", "69.30 ± — (n=1)"),
+        ("unrecorded", "unrecorded", "10.45 ± — (n=1)")]
+    assert lin[0]["Δ top-1 vs paper (pp)"] == lin[0]["cost vs baseline"] == "—"
+    assert "/work/main/results/runs/demo-20261125-152856" in readme  # old absolute run_dir
+    assert not read_runs(REPO / "results" / "runs.csv").empty  # the committed file loads
 
-    on_cpu = lin["`demo`"]
-    assert on_cpu["device"] == f"2x {CPU}"
-    assert on_cpu["best top-1"] == "—"
-    assert on_cpu["cost vs baseline"] == f"{(0.0123 + 0.004) / BASELINE_HOURS:.2e}x of 2,688 " \
-                                         "V100-h (hours on cpu, not V100-hours)"
-    assert lin["`v100run`"]["cost vs baseline"] == expected_cost(630.0, None)
 
-    sem = semi(readme)
-    ours = sem["`bt100`"]
-    assert [ours[k] for k in ("1% top-1", "1% top-5", "10% top-1", "10% top-5")] == \
-        ["50.25", "75.50", "66.20", "86.01"]
-    assert ours["Δ 1% top-1 (pp)"] == f"{50.25 - 55.0:+.2f}"
-    assert ours["Δ 10% top-1 (pp)"] == f"{66.2 - 69.7:+.2f}"
-    total = 40.5 + 0.4 + 1.4
-    assert ours["total GPU-h (pretrain + semi evals)"] == f"{total:.3g}"
-    assert ours["cost vs baseline"] == expected_cost(total, A100)
-    partial = sem["`demo`"]  # only the 1% evaluation was recorded
-    assert partial["1% top-1"] == "9.00"
-    assert partial["10% top-1"] == partial["Δ 10% top-1 (pp)"] == "—"
-    assert "`bt100` random" not in sem and "`v100run`" not in sem
+def test_later_row_supersedes_earlier_evaluation(tmp_path):
+    csv_path = tmp_path / "runs.csv"
+    readme = write(tmp_path, [make_row(top1=60.0), make_row(top1=61.5)])
+    assert len(csv_path.read_text().splitlines()) == 3  # both kept in the csv
+    assert read_runs(csv_path)["top1"].tolist() == [61.5]
+    assert tables(readme, "Linear probe")[0][0]["top-1"] == "61.50 ± — (n=1)"
 
+
+def test_provenance_lists_runs_with_seed_and_relative_run_dir(tmp_path):
+    readme = write(tmp_path, seeds_of_imagenet())
+    provenance = readme.split("## Provenance")[1]
+    assert "- `bt100-s1`: seed 1, data set " + IMAGENET in provenance
+    assert "run dir `results/runs/bt100-s1`" in provenance
+
+
+def test_plot_is_drawn(tmp_path):
+    fashion = {**FASHION_KEYS, "recipe": "demo", "device": CPU, "n_devices": 1, "epochs": 4}
+    rows = seeds_of_imagenet() + [make_row(run_id=f"d{s}", seed=s, top1=60.0 + s, **fashion)
+                                  for s in range(3)]
+    write(tmp_path, rows)
     png = tmp_path / "cost_accuracy.png"
     with Image.open(png) as image:
         assert image.format == "PNG"
@@ -142,155 +285,6 @@ def test_generate_writes_both_tables_and_plot(tmp_path):
         colors = image.convert("RGB").getcolors(maxcolors=1 << 20)
         assert len(colors) > 50  # markers, text and grid were drawn, not a blank canvas
     assert png.stat().st_size > 10_000
-
-
-@pytest.mark.parametrize("create_empty_file", [False, True])
-def test_no_runs_still_shows_baselines(tmp_path, create_empty_file):
-    if create_empty_file:
-        (tmp_path / "runs.csv").touch()
-    generate(tmp_path)
-    readme = (tmp_path / "README.md").read_text()
-    check_reference_rows(readme)
-    assert len(linear(readme)) == 2 and len(semi(readme)) == 2
-    assert "No runs recorded yet" in readme
-    with Image.open(tmp_path / "cost_accuracy.png") as image:
-        assert image.format == "PNG"
-
-
-def test_later_row_supersedes_earlier_evaluation(tmp_path):
-    csv_path = tmp_path / "runs.csv"
-    append_run_row(csv_path, make_row(top1=60.0))
-    append_run_row(csv_path, make_row(top1=61.5))
-    assert len(csv_path.read_text().splitlines()) == 3  # both kept in the csv
-    runs = read_runs(csv_path)
-    assert runs["top1"].tolist() == [61.5]
-    generate(tmp_path)
-    assert linear((tmp_path / "README.md").read_text())["`bt100`"]["top-1"] == "61.50"
-
-
-def test_header_written_once_and_values_round_trip(tmp_path):
-    csv_path = tmp_path / "runs.csv"
-    rows = [make_row(run_id=f"r{i}", top1=10.0 + i, device="cpu (a, b)") for i in range(3)]
-    for row in rows:
-        append_run_row(csv_path, row)
-    with open(csv_path, newline="") as f:
-        records = list(csv.reader(f))
-    assert records[0] == RUNS_COLUMNS
-    assert len(records) == 4
-    assert [r["run_id"] for r in csv.DictReader(open(csv_path, newline=""))] == ["r0", "r1", "r2"]
-    runs = read_runs(csv_path)
-    assert runs["top1"].tolist() == [10.0, 11.0, 12.0]
-    assert runs["device"].tolist() == ["cpu (a, b)"] * 3
-
-
-def test_torn_last_line_does_not_swallow_next_row(tmp_path):
-    csv_path = tmp_path / "runs.csv"
-    append_run_row(csv_path, make_row(run_id="first"))
-    with open(csv_path, "a") as f:
-        f.write("crashed,100ep,lin")  # a writer killed mid-row, no newline
-    append_run_row(csv_path, make_row(run_id="after"))
-    last = csv_path.read_text().splitlines()[-1]
-    assert next(csv.reader([last]))[0] == "after"
-    assert len(next(csv.reader([last]))) == len(RUNS_COLUMNS)
-
-
-@pytest.mark.parametrize("change, key", [
-    ({"protocol": "semi5"}, "protocol"),
-    ({"backbone": "imagenet"}, "backbone"),
-    ({"top1": 101.0}, "top1"),
-    ({"top5": "n/a"}, "top5"),
-    ({"best_top1": -1}, "best_top1"),
-    ({"eval_gpu_hours": -0.5}, "eval_gpu_hours"),
-    ({"pretrain_gpu_hours": float("nan")}, "pretrain_gpu_hours"),
-    ({"epochs": 2.5}, "epochs"),
-    ({"n_devices": 0}, "n_devices"),
-    ({"recipe": "rules/100ep.yaml"}, "recipe"),
-    ({"run_id": " "}, "run_id"),
-    ({"lr": 0.2}, "lr"),
-])
-def test_bad_rows_raise_naming_the_key(tmp_path, change, key):
-    csv_path = tmp_path / "runs.csv"
-    append_run_row(csv_path, make_row())
-    before = csv_path.read_bytes()
-    with pytest.raises(ValueError, match=key):
-        append_run_row(csv_path, {**make_row(), **change})
-    assert csv_path.read_bytes() == before
-
-
-def test_missing_key_raises(tmp_path):
-    row = make_row()
-    del row["git_sha"]
-    with pytest.raises(ValueError, match="git_sha"):
-        append_run_row(tmp_path / "runs.csv", row)
-    assert not (tmp_path / "runs.csv").exists() or (tmp_path / "runs.csv").stat().st_size == 0
-
-
-def test_foreign_header_is_refused(tmp_path):
-    csv_path = tmp_path / "runs.csv"
-    csv_path.write_text("run_id,top1\nx,1\n")
-    with pytest.raises(ValueError, match="runs.csv"):
-        append_run_row(csv_path, make_row())
-    with pytest.raises(ValueError, match="runs.csv"):
-        read_runs(csv_path)
-
-
-def test_bad_row_in_csv_names_file_and_line(tmp_path):
-    csv_path = tmp_path / "runs.csv"
-    append_run_row(csv_path, make_row())
-    with open(csv_path, "a") as f:
-        f.write(",".join(str(v) for v in make_row(protocol="knn").values()) + "\n")
-    with pytest.raises(ValueError, match=r"runs.csv line 3: .*protocol"):
-        read_runs(csv_path)
-
-
-def _append_many(csv_path: str, worker: int, n_rows: int, barrier) -> None:
-    barrier.wait()  # all workers race for the first (header) write
-    for i in range(n_rows):
-        append_run_row(csv_path, make_row(run_id=f"w{worker}-{i}", top1=i / 2,
-                                          run_dir="x" * 2000))  # long rows: many-byte writes
-
-
-@pytest.mark.timeout(120)
-def test_concurrent_appends_lose_and_interleave_nothing(tmp_path):
-    csv_path = str(tmp_path / "runs.csv")
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(4)
-    workers = [context.Process(target=_append_many, args=(csv_path, w, 25, barrier))
-               for w in range(4)]
-    for process in workers:
-        process.start()
-    for process in workers:
-        process.join(timeout=100)
-        assert process.exitcode == 0
-    with open(csv_path, newline="") as f:
-        records = list(csv.reader(f))
-    assert records[0] == RUNS_COLUMNS
-    assert len(records) == 101
-    parsed = [check_run_row(dict(zip(RUNS_COLUMNS, record))) for record in records[1:]]
-    assert sorted(row["run_id"] for row in parsed) == \
-        sorted(f"w{w}-{i}" for w in range(4) for i in range(25))
-    for row in parsed:
-        assert row["top1"] == int(row["run_id"].split("-")[1]) / 2
-
-
-@pytest.mark.timeout(60)
-def test_append_waits_for_the_lock(tmp_path):
-    csv_path = tmp_path / "runs.csv"
-    append_run_row(csv_path, make_row(run_id="first"))
-    code = ("import json, sys; from ffcv_bt.results import append_run_row; "
-            "print('ready', flush=True); append_run_row(sys.argv[1], json.loads(sys.argv[2]))")
-    second = json.dumps(make_row(run_id="second"))
-    with open(csv_path, "ab") as held:
-        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-        child = subprocess.Popen([sys.executable, "-c", code, str(csv_path), second], cwd=REPO,
-                                 stdout=subprocess.PIPE, text=True)
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(1.0)
-        assert child.poll() is None  # blocked on our lock
-        assert "second" not in csv_path.read_text()
-        fcntl.flock(held.fileno(), fcntl.LOCK_UN)
-    assert child.wait(timeout=30) == 0
-    assert read_runs(csv_path)["run_id"].tolist() == ["first", "second"]
 
 
 @pytest.mark.parametrize("hours, text", [
