@@ -77,6 +77,7 @@ def describe_plan(recipe: Recipe) -> str:
         "linear": lin["epochs"] * n_train,
         "semi1": semi["epochs"] * subsets.get(1, round(0.01 * n_train)),
         "semi10": semi["epochs"] * subsets.get(10, round(0.1 * n_train)),
+        "knn": n_train,  # one frozen pass over the train features (val is small)
     }
     lines.append(f"estimated cost on {est['n_devices']}x {est['device']}:")
     total_hours = 0.0

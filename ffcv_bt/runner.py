@@ -66,15 +66,6 @@ def _evaluations(recipe: Recipe) -> list[tuple[str, str, str]]:
     return out
 
 
-def _relative_to_repo(path: Path) -> str:
-    """``path`` relative to the repository when it lies inside it (results stay portable)."""
-    resolved = path.resolve()
-    try:
-        return str(resolved.relative_to(REPO_ROOT))
-    except ValueError:
-        return str(resolved)
-
-
 def _evaluate(recipe: Recipe, protocol: str, weights: str, out_dir: Path,
               dist: DistInfo) -> dict[str, Any]:
     """One evaluation stage: the kNN protocol, or a trained one (linear, semi1, semi10)."""
@@ -93,7 +84,8 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
     runs.csv rows of its evaluations."""
     from ffcv_bt.data.manifest import Manifest
     from ffcv_bt.pretrain import pretrain
-    from ffcv_bt.results import append_run_row, generate
+    from ffcv_bt.results import generate
+    from ffcv_bt.runs_csv import append_run_row, relative_run_dir
 
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = _load_metadata(recipe, run_dir, dist)
@@ -144,7 +136,7 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
             "n_devices": meta["n_devices"],
             "git_sha": meta["code"]["git_sha"] + ("-dirty" if meta["code"].get("dirty") else ""),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "run_dir": _relative_to_repo(run_dir), **dataset, "seed": recipe["train"]["seed"],
+            "run_dir": relative_run_dir(run_dir, REPO_ROOT), **dataset, "seed": recipe["train"]["seed"],
         }
         if dist.is_main and not stage.get("appended_to_runs_csv"):
             append_run_row(results_dir / "runs.csv", row)
