@@ -550,10 +550,18 @@ def linear_probe_check(plan: Plan, device: torch.device, data_dir: Path, work: P
         if first is None:
             first = batch.clone()
     backbone = ev.model.backbone.eval()
-    with torch.no_grad():
-        f32 = backbone(first).float()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            bf16 = backbone(first).float()
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        with torch.no_grad():
+            # true fp32 as the reference: TF32 (cuDNN's default for convolutions) off
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            f32 = backbone(first).float()
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            f_tf32 = backbone(first).float()
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                bf16 = backbone(first).float()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     diff = (bf16 - f32).abs()
     big = f32.abs() >= 0.01 * f32.abs().max()
     record = {"protocol": "linear", "res": ev.settings.res, "batch": ev.settings.batch_size,
@@ -562,7 +570,9 @@ def linear_probe_check(plan: Plan, device: torch.device, data_dir: Path, work: P
               "train_loss": ev.history[-1]["train_loss"],
               "features_max_abs_diff_over_max_abs": float(diff.max() / f32.abs().max()),
               "features_max_relative_diff": float((diff[big] / f32.abs()[big]).max()),
-              "features_compared": int(big.sum())}
+              "features_compared": int(big.sum()),
+              "features_tf32_max_abs_diff_over_max_abs": float((f_tf32 - f32).abs().max()
+                                                               / f32.abs().max())}
     record["ok"] = (math.isfinite(record["train_loss"])
                     and record["features_max_abs_diff_over_max_abs"] < 0.1)
     print(f"  linear probe: {record['images_per_s']:,.0f} images/s at {record['res']} px, "
@@ -593,9 +603,11 @@ def build_profile(plan: Plan, device: torch.device, argv: list[str], steps: list
     for res in plan.resolutions:
         best = best_of([r for r in steps if r["res"] == res])
         if best is not None:
+            eager = best_of([r for r in steps if r["res"] == res and not r["compile"]])
             pretrain[str(res)] = {k: best[k] for k in ("images_per_s", "precision",
                                                        "channels_last", "compile",
                                                        "peak_memory_gib")}
+            pretrain[str(res)]["eager_images_per_s"] = eager["images_per_s"] if eager else None
     profile = {
         "format": device_profile.FORMAT, **device_info(device),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -173,6 +173,15 @@ def fit_to_budget(recipe: Recipe, hours: float, devices_dir: str | Path | None =
     return scaled_schedule(recipe, lo)
 
 
+def _setting(profile: dict[str, Any], res: int) -> str:
+    """How the step was run at ``res`` (measured there), or that it was scaled."""
+    entry = profile["pretrain"].get(str(res))
+    if entry is None:
+        return " (scaled from the nearest measured resolution)"
+    return (f" ({entry['precision']}, {'channels_last' if entry['channels_last'] else 'contiguous'}"
+            f"{', torch.compile' if entry['compile'] else ''})")
+
+
 def _gpus_here(recipe: Recipe) -> int:
     """GPUs of this machine, else the GPUs per node the recipe would use."""
     try:
@@ -256,7 +265,7 @@ def describe_plan(recipe: Recipe, devices_dir: str | Path | None = None,
     }
     lines.append(f"throughput: {tp.source}")
     if tp.measured:
-        rates = ", ".join(f"{res} px {tp.pretrain_rate(res):,.0f}"
+        rates = ", ".join(f"{res} px {tp.pretrain_rate(res):,.0f}{_setting(tp.profile, res)}"
                           for res in sorted({res for _, _, res in resolution_segments(recipe)}))
         lines.append(f"  two-view images/s per device: {rates}; evaluation {tp.eval_rate:,.0f}")
     lines.append(f"estimated cost on {est['n_devices']}x {tp.device}:")
