@@ -222,9 +222,11 @@ def run_steps(harness: SimpleNamespace, x1: torch.Tensor, x2: torch.Tensor, warm
             "falling": finite and statistics.mean(values[-3:]) < values[0]}
 
 
-def step_benchmark(plan: Plan, device: torch.device) -> list[dict[str, Any]]:
+def step_benchmark(plan: Plan, device: torch.device, compile_deadline: float = math.inf
+                   ) -> list[dict[str, Any]]:
     """Every (resolution, channels_last, precision) eagerly, then torch.compile of the best
-    eager setting at ``plan.compile_res``; one record per setting."""
+    eager setting at ``plan.compile_res`` (skipped once ``time.perf_counter()`` passes
+    ``compile_deadline``: compiling takes minutes); one record per setting."""
     from ffcv_bt.model import BarlowTwins
 
     torch.manual_seed(0)
@@ -273,7 +275,9 @@ def step_benchmark(plan: Plan, device: torch.device) -> list[dict[str, Any]]:
                 records.append(measure(res, channels_last, precision, False))
     for res in plan.compile_res:
         eager = best_of([r for r in records if r["res"] == res])
-        if eager is not None:
+        if time.perf_counter() > compile_deadline:
+            print(f"  step {res:>4} px compiled: skipped (time budget)", flush=True)
+        elif eager is not None:
             records.append(measure(res, eager["channels_last"], eager["precision"], True))
     torch._dynamo.reset()
     del model, initial
@@ -368,7 +372,7 @@ def ddp_worker(config: dict[str, Any]) -> None:
                 if done == 1:  # the first batch carries the loader's JIT compilation
                     sync(device)
                     start = time.perf_counter()
-                losses.append(Pretrainer_step(harness, view1, view2))
+                losses.append(project_step(harness, view1, view2))
                 done += 1
                 if done >= config["loader_steps"]:
                     break
@@ -396,7 +400,8 @@ def ddp_worker(config: dict[str, Any]) -> None:
     dist.destroy_process_group()
 
 
-def Pretrainer_step(harness: SimpleNamespace, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+def project_step(harness: SimpleNamespace, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+    """Pretrainer.train_step on the harness (the project's own step)."""
     from ffcv_bt.pretrain import Pretrainer
 
     return Pretrainer.train_step(harness, view1, view2)
@@ -416,9 +421,14 @@ def torchrun_check(plan: Plan, best: dict[str, Any], beton: Path, work: Path) ->
     if plan.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
-    out: dict[str, Any] = {"command": " ".join(cmd[:5] + ["--ddp-worker", "<config>"]),
-                           "returncode": proc.returncode,
+    shown = " ".join(cmd[:5] + ["--ddp-worker", "<config>"])
+    try:
+        proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stderr or b"")[-3000:]
+        return {"command": shown, "returncode": None,
+                "error": f"torchrun did not finish in 300 s: {tail!r}"}
+    out: dict[str, Any] = {"command": shown, "returncode": proc.returncode,
                            "wall_seconds": time.perf_counter() - start}
     if proc.returncode != 0 or not result.is_file():
         out["error"] = (proc.stderr or proc.stdout)[-3000:]
@@ -726,7 +736,7 @@ def main(argv: list[str]) -> int:
         else:
             torch.cuda.set_device(device)
         phase("a. pretraining steps")
-        steps = step_benchmark(plan, device)
+        steps = step_benchmark(plan, device, compile_deadline=started + 240)
         best = best_of([r for r in steps if r["res"] == max(plan.resolutions)])
         phase("b. torchrun")
         ddp = (torchrun_check(plan, best, work / "data" / "train.beton", work) if best
