@@ -10,7 +10,7 @@ STAMP     := $(VENV)/.installed
 DEMO_OUT  ?= data/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: test demo test-all apt venv results clean-venv
+.PHONY: test demo test-all apt venv results clean-venv gpu-check
 
 test: $(STAMP)
 	$(VPY) -m pytest $(PYTEST_ARGS)
@@ -25,6 +25,12 @@ demo: $(STAMP)
 	test -f $(DEMO_OUT)/manifest.json || \
 	  $(VPY) write_dataset.py --demo fashion-mnist --out-dir $(DEMO_OUT) $(DEMO_FLAGS) --num-workers 2
 	$(VPY) run.py --config rules/demo.yaml
+
+# Measure this machine's GPU (~5-8 min, no data needed): writes results/devices/<gpu>.json,
+# which `run.py --dry-run` then uses for the device named in a recipe's estimate.device.
+GPU_CHECK_ARGS ?=
+gpu-check: $(STAMP)
+	$(VPY) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 results: $(STAMP)
 	$(VPY) -m ffcv_bt.results

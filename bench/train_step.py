@@ -1,10 +1,19 @@
 """Images/s of one full Barlow Twins pretraining step (forward both views, objective,
-backward, LARS) on whatever device is present, with synthetic input tensors (the loader is
-measured separately by bench/loader.py). This is the figure a recipe's GPU-hours are
-estimated from (`estimate.pretrain_images_per_s`, used by `run.py --dry-run`).
+backward, LARS) on whatever device is present, ours against a reference-style step,
+measured side by side in one run. Synthetic input tensors (the loader is measured by
+bench/loader.py; the whole machine by bench/gpu_check.py).
 
-It measures our step (objective formulation chosen by shape) and the reference step (the
-d x d cross-correlation) side by side and prints the ratio last:
+ours: the project's step (``Pretrainer.train_step``): objective formulation chosen by
+shape (N x N Gram matrices when the batch is smaller than the embedding), the project's
+LARS, no host-device synchronisation inside the step.
+reference-style: the same model and precision, written the way the public reference code
+runs a step: the d x d cross-correlation objective, a LARS step that loops over parameters
+computing each norm and trust ratio separately (as ours does too), and ``loss.item()``
+every step (the host waits for the device each step). The objective is computed in
+float32 in both, so the two compute the same numbers.
+
+Rounds alternate (ours, reference, ours, ...), so a change in machine load hits both
+alike; the figure is the median round. The ratio is printed last:
 
     python bench/train_step.py --arch resnet50 --res 224 --batch 256          # a GPU
     python bench/train_step.py --arch resnet18 --width 16 --small-stem --res 32 \
@@ -17,42 +26,84 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Iterable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ffcv_bt.accounting import device_description, sync_device  # noqa: E402
-from ffcv_bt.model import BarlowTwins  # noqa: E402
-from ffcv_bt.objective import barlow_twins_loss  # noqa: E402
-from ffcv_bt.optim import LARS, param_groups_for_lars, set_learning_rates  # noqa: E402
 from ffcv_bt.mixed_precision import autocast_dtype  # noqa: E402
+from ffcv_bt.model import BarlowTwins  # noqa: E402
+from ffcv_bt.objective import barlow_twins_loss, choose_formulation  # noqa: E402
+from ffcv_bt.optim import LARS, param_groups_for_lars, set_learning_rates  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
+LAMBD = 0.0051
 
 
-def measure(args: argparse.Namespace, formulation: str, device: torch.device) -> list[float]:
-    """Seconds per step for ``args.steps`` timed steps after ``args.warmup`` untimed ones."""
+class PerParameterLARS(torch.optim.Optimizer):
+    """LARS written as the reference code writes it: one parameter at a time, weight decay
+    and trust ratio skipped for 1-d parameters (biases, BN)."""
+
+    def __init__(self, params: Iterable, lr: float, weight_decay: float, momentum: float,
+                 eta: float) -> None:
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None) -> None:  # type: ignore[override]
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                dp = p.grad
+                if p.ndim != 1:
+                    dp = dp.add(p, alpha=g["weight_decay"])
+                    param_norm, update_norm = torch.norm(p), torch.norm(dp)
+                    one = torch.ones_like(param_norm)
+                    q = torch.where(param_norm > 0.0,
+                                    torch.where(update_norm > 0, g["eta"] * param_norm / update_norm, one),
+                                    one)
+                    dp = dp.mul(q)
+                state = self.state[p]
+                if "mu" not in state:
+                    state["mu"] = torch.zeros_like(p)
+                mu = state["mu"]
+                mu.mul_(g["momentum"]).add_(dp)
+                p.add_(mu, alpha=-g["lr"])
+
+
+def build(args: argparse.Namespace, device: torch.device, reference: bool) -> Callable[[], object]:
+    """A closure running one training step of ours or of the reference style."""
+    from ffcv_bt.pretrain import Pretrainer
+
     torch.manual_seed(0)
     model = BarlowTwins(args.arch, args.projector, width=args.width,
                         small_stem=args.small_stem).to(device)
     channels_last = device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = LARS(param_groups_for_lars(model), lr=0.0, weight_decay=1e-6, momentum=0.9, eta=0.001)
-    set_learning_rates(opt, 1e-3, 0.2, 0.0048)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    groups = param_groups_for_lars(model)
+    opt = (PerParameterLARS if reference else LARS)(groups, lr=0.0, weight_decay=1e-6,
+                                                     momentum=0.9, eta=0.001)
+    set_learning_rates(opt, args.batch / 256, 0.2, 0.0048)
     dtype = autocast_dtype(args.precision, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x1 = torch.randn(args.batch, 3, args.res, args.res, device=device).to(memory_format=fmt)
-    x2 = torch.randn_like(x1)
-    times = []
-    for i in range(args.warmup + args.steps):
-        sync_device(device)
-        start = time.perf_counter()
+    g = torch.Generator().manual_seed(1)
+    x1 = torch.randn(args.batch, 3, args.res, args.res, generator=g).to(device).contiguous(memory_format=fmt)
+    x2 = torch.randn(args.batch, 3, args.res, args.res, generator=g).to(device).contiguous(memory_format=fmt)
+    if not reference:
+        harness = SimpleNamespace(recipe={"loss": {"lambd": LAMBD, "scale_loss": 1.0,
+                                                   "formulation": "auto"}},
+                                  device=device, amp_dtype=dtype, ddp_model=model,
+                                  optimizer=opt, scaler=scaler)
+        return lambda: Pretrainer.train_step(harness, x1, x2)
+
+    def reference_step() -> float:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             z1, z2 = model(x1, x2)
-        loss = barlow_twins_loss(z1.float(), z2.float(), formulation=formulation)
+        loss = barlow_twins_loss(z1.float(), z2.float(), lambd=LAMBD, formulation="cross")
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -61,13 +112,22 @@ def measure(args: argparse.Namespace, formulation: str, device: torch.device) ->
         else:
             loss.backward()
             opt.step()
-        sync_device(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    return times
+        return loss.item()  # the per-step host-device synchronisation
+
+    return reference_step
 
 
-def main() -> None:
+def time_block(step: Callable[[], object], steps: int, device: torch.device) -> float:
+    """Seconds per step over ``steps`` consecutive steps (one sync at each end)."""
+    sync_device(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync_device(device)
+    return (time.perf_counter() - start) / steps
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--width", type=int, default=64)
@@ -76,27 +136,41 @@ def main() -> None:
     parser.add_argument("--res", type=int, default=224)
     parser.add_argument("--batch", type=int, default=64, help="per-device batch")
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each, alternating")
     parser.add_argument("--warmup", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    steps = {"ours": build(args, device, reference=False),
+             "reference-style": build(args, device, reference=True)}
+    if device.type == "cpu":  # importing ffcv set 1 thread; leave a core free, as training does
+        from ffcv_bt.distributed import set_cpu_compute_threads
+
+        set_cpu_compute_threads()
     desc = device_description(device)
+    dtype = autocast_dtype(args.precision, device)
+    dim = int(args.projector.split("-")[-1])
     print(f"# bench/train_step.py on {desc['device']} (torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads)")
     print(f"# {args.arch} width {args.width}{' small-stem' if args.small_stem else ''}, "
-          f"projector {args.projector}, {args.res} px, batch {args.batch}, precision {args.precision}")
+          f"projector {args.projector}, {args.res} px, batch {args.batch}, autocast "
+          f"{dtype or 'off (fp32)'}; ours uses the '{choose_formulation('auto', args.batch, dim)}' "
+          f"objective")
+    for step in steps.values():
+        time_block(step, args.warmup, device)
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            seconds[name].append(time_block(step, args.steps, device))
     rates = {}
-    for label, formulation in [("ours (auto)", "auto"), ("reference (cross)", "cross")]:
-        times = measure(args, formulation, device)
-        med = statistics.median(times)
-        spread = (max(times) - min(times)) / 2
-        rates[label] = args.batch / med
-        print(f"{label:18s} {med * 1000:9.1f} ms/step (+-{spread * 1000:.1f})  "
-              f"{rates[label]:9.1f} two-view images/s")
-    ours = rates["ours (auto)"]
-    hours = 1000 * IMAGENET_TRAIN / ours / 3600
-    print(f"1000 ImageNet epochs at this rate: {hours:,.0f} device-hours on {desc['device']}")
-    print(f"train step ratio ours/reference: {ours / rates['reference (cross)']:.2f}")
+    for name, values in seconds.items():
+        med = statistics.median(values)
+        rates[name] = args.batch / med
+        print(f"{name:16s} {med * 1000:9.1f} ms/step [{min(values) * 1000:.1f}-"
+              f"{max(values) * 1000:.1f}]  {rates[name]:9.1f} two-view images/s")
+    hours = 1000 * IMAGENET_TRAIN / rates["ours"] / 3600
+    print(f"1000 ImageNet epochs at our rate: {hours:,.0f} device-hours on {desc['device']}")
+    print(f"train step ratio ours/reference-style: {rates['ours'] / rates['reference-style']:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""bench/gpu_check.py --device cpu --quick end to end: the device file it writes, and that
+its checks compared real numbers (recomputed here from what it recorded)."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ffcv_bt import device_profile
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("devices")
+    before = set(device_profile.DEVICES_DIR.glob("*.json")) if device_profile.DEVICES_DIR.is_dir() else set()
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--device", "cpu",
+                           "--quick", "--out", str(out)], env=ENV, cwd=REPO, capture_output=True,
+                          text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    files = list(out.glob("*.json"))
+    assert len(files) == 1 and files[0].name.startswith("cpu-")
+    after = set(device_profile.DEVICES_DIR.glob("*.json")) if device_profile.DEVICES_DIR.is_dir() else set()
+    assert after == before, "a CPU check must not write into results/devices"
+    return device_profile.load(files[0]), proc.stdout
+
+
+@pytest.mark.timeout(450)
+def test_device_file_content(quick_run: tuple[dict, str]) -> None:
+    profile, stdout = quick_run
+    assert profile["device_type"] == "cpu" and profile["capability"] is None
+    assert profile["command"] == "bench/gpu_check.py --device cpu --quick --out " + \
+        profile["command"].split("--out ")[1]
+    steps = profile["checks"]["steps"]
+    assert {r["res"] for r in steps} == {16, 32} and all(r["precision"] == "fp32" for r in steps)
+    for res, entry in profile["pretrain"].items():
+        record = next(r for r in steps if r["res"] == int(res))
+        # images/s is the batch over the measured seconds per step
+        assert entry["images_per_s"] == pytest.approx(16 / record["seconds_per_step"])
+        assert entry["images_per_s"] == record["images_per_s"]
+        losses = record["losses"]
+        assert len(losses) == 1 + 3 and len(set(losses)) == 4
+        assert record["falling"] == (statistics.mean(losses[-3:]) < losses[0]) is True
+    loader = profile["loader"]
+    for res in ("16", "32"):
+        assert loader["pairs_per_s_per_core"][res] * loader["cores"] == pytest.approx(loader["pairs_per_s"][res])
+        assert device_profile.loader_cores_needed(profile, int(res)) == pytest.approx(
+            profile["pretrain"][res]["images_per_s"] / loader["pairs_per_s_per_core"][res])
+    assert profile["eval_images_per_s"] > 0
+    assert profile["checks"]["ok"] is True
+    assert "loader cores/GPU" in stdout and "checkpoint resume (fp32)" in stdout
+
+
+@pytest.mark.timeout(450)
+def test_resume_compared_real_losses(quick_run: tuple[dict, str]) -> None:
+    resume = quick_run[0]["checks"]["checkpoint_resume"]
+    first, again = resume["losses_uninterrupted"], resume["losses_resumed"]
+    assert len(first) == 3 and first == again  # exactly equal on a CPU in fp32
+    assert resume["resumed_at_epoch_step"] == [1, 3]
+    assert resume["max_weight_difference"] == 0.0 and resume["max_relative_difference"] == 0.0
+    # They are the losses of new steps: different from each other and from epoch 0's.
+    assert len(set(first)) == 3 and not set(first) & set(resume["epoch0_losses"])
+    assert len(resume["epoch0_losses"]) == 3
+
+
+@pytest.mark.timeout(450)
+def test_torchrun_and_linear_probe(quick_run: tuple[dict, str]) -> None:
+    checks = quick_run[0]["checks"]
+    ddp = checks["torchrun"]
+    assert ddp["returncode"] == 0 and ddp["world_size"] == 1 and ddp["backend"] == "gloo"
+    assert ddp["batch_norm"] == "GlobalBatchNorm" and ddp["ddp"] == "DistributedDataParallel"
+    # Same initial weights and batch as the plain step at that resolution: under DDP with
+    # global batch norm the first loss is the same up to the normalisation's rounding.
+    plain = next(r for r in checks["steps"] if r["res"] == ddp["res"])
+    assert ddp["losses"][0] == pytest.approx(plain["losses"][0], rel=1e-4)
+    lin = checks["linear_probe"]
+    assert 0.0 <= lin["top1_after_one_epoch"] <= 100.0 and lin["images_per_s"] > 0
+    # bf16 features differ from fp32 ones, but by a bf16-sized amount
+    assert 0.0 < lin["features_max_abs_diff_over_max_abs"] < 0.05
