@@ -5,7 +5,7 @@ ImageNet-like JPEGs (~400x350, smooth noise and shapes, quality 90) into a tempo
 .beton with the project's writer, then
 
   a. pretraining steps of ResNet-50 + 8192-8192-8192 projector (the project's model,
-     objective, LARS and ``Pretrainer.train_step``) at 160, 192 and 224 px: bf16 and fp16
+     objective, LARS and ``ffcv_bt.pretrain.barlow_step``) at 160, 192 and 224 px: bf16 and fp16
      (GradScaler), channels_last on/off, torch.compile at the largest resolution for the
      best eager setting: two-view images/s, peak memory, loss finite and falling on a
      repeated batch;
@@ -177,7 +177,7 @@ def sync(device: torch.device) -> None:
 
 def step_harness(model: torch.nn.Module, wrapped: torch.nn.Module, device: torch.device,
                  precision: str, batch: int) -> SimpleNamespace:
-    """What ``Pretrainer.train_step`` reads from its instance, for the project's own step."""
+    """What ``ffcv_bt.pretrain.barlow_step`` takes, bundled (see project_step)."""
     from ffcv_bt.optim import LARS, param_groups_for_lars, set_learning_rates
 
     opt = LARS(param_groups_for_lars(model), lr=0.0, weight_decay=1e-6, momentum=0.9, eta=0.001)
@@ -199,20 +199,19 @@ def repeated_batch(batch: int, res: int, device: torch.device, seed: int = 0
 
 def run_steps(harness: SimpleNamespace, x1: torch.Tensor, x2: torch.Tensor, warmup: int,
               steps: int) -> dict[str, Any]:
-    """``warmup`` untimed then ``steps`` timed calls of Pretrainer.train_step; losses kept on
+    """``warmup`` untimed then ``steps`` timed calls of the project's step; losses kept on
     the device until the end (no per-step sync, as in training)."""
-    from ffcv_bt.pretrain import Pretrainer
 
     device = harness.device
     losses = []
     start = time.perf_counter()
     for _ in range(warmup):
-        losses.append(Pretrainer.train_step(harness, x1, x2))
+        losses.append(project_step(harness, x1, x2))
     sync(device)
     first_seconds = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(steps):
-        losses.append(Pretrainer.train_step(harness, x1, x2))
+        losses.append(project_step(harness, x1, x2))
     sync(device)
     seconds = time.perf_counter() - start
     values = [float(v) for v in torch.stack(losses).double().cpu()]
@@ -401,10 +400,11 @@ def ddp_worker(config: dict[str, Any]) -> None:
 
 
 def project_step(harness: SimpleNamespace, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
-    """Pretrainer.train_step on the harness (the project's own step)."""
-    from ffcv_bt.pretrain import Pretrainer
+    """The project's own pretraining step (ffcv_bt.pretrain.barlow_step) on the harness."""
+    from ffcv_bt.pretrain import barlow_step
 
-    return Pretrainer.train_step(harness, view1, view2)
+    return barlow_step(harness.ddp_model, harness.optimizer, harness.scaler, harness.amp_dtype,
+                       harness.recipe["loss"], view1, view2)
 
 
 def torchrun_check(plan: Plan, best: dict[str, Any], beton: Path, work: Path) -> dict[str, Any]:

@@ -3,7 +3,7 @@ backward, LARS) on whatever device is present, ours against a reference-style st
 measured side by side in one run. Synthetic input tensors (the loader is measured by
 bench/loader.py; the whole machine by bench/gpu_check.py).
 
-ours: the project's step (``Pretrainer.train_step``): objective formulation chosen by
+ours: the project's step (``ffcv_bt.pretrain.barlow_step``): objective formulation chosen by
 shape (N x N Gram matrices when the batch is smaller than the embedding), the project's
 LARS, no host-device synchronisation inside the step.
 reference-style: the same model and precision, written the way the public reference code
@@ -26,7 +26,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Iterable
 
 import torch
@@ -76,7 +75,7 @@ class PerParameterLARS(torch.optim.Optimizer):
 
 def build(args: argparse.Namespace, device: torch.device, reference: bool) -> Callable[[], object]:
     """A closure running one training step of ours or of the reference style."""
-    from ffcv_bt.pretrain import Pretrainer
+    from ffcv_bt.pretrain import barlow_step
 
     torch.manual_seed(0)
     model = BarlowTwins(args.arch, args.projector, width=args.width,
@@ -94,11 +93,8 @@ def build(args: argparse.Namespace, device: torch.device, reference: bool) -> Ca
     x1 = torch.randn(args.batch, 3, args.res, args.res, generator=g).to(device).contiguous(memory_format=fmt)
     x2 = torch.randn(args.batch, 3, args.res, args.res, generator=g).to(device).contiguous(memory_format=fmt)
     if not reference:
-        harness = SimpleNamespace(recipe={"loss": {"lambd": LAMBD, "scale_loss": 1.0,
-                                                   "formulation": "auto"}},
-                                  device=device, amp_dtype=dtype, ddp_model=model,
-                                  optimizer=opt, scaler=scaler)
-        return lambda: Pretrainer.train_step(harness, x1, x2)
+        loss_cfg = {"lambd": LAMBD, "scale_loss": 1.0, "formulation": "auto"}
+        return lambda: barlow_step(model, opt, scaler, dtype, loss_cfg, x1, x2)
 
     def reference_step() -> float:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):

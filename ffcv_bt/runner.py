@@ -21,7 +21,7 @@ from ffcv_bt.atomic_files import atomic_write_json, atomic_write_text
 from ffcv_bt.collectives import barrier, broadcast_object
 from ffcv_bt.config import REPO_ROOT, Recipe, load_recipe, parse_overrides
 from ffcv_bt.distributed import DistInfo, process_group
-from ffcv_bt.errors import RunFolderError
+from ffcv_bt.errors import ConfigError, RunFolderError
 
 DEFAULT_RECIPE = REPO_ROOT / "rules" / "demo.yaml"
 
@@ -170,6 +170,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
                         "train.seed (sets run.seeds); tables show mean ± std over them")
     parser.add_argument("--results-dir", default=str(REPO_ROOT / "results"),
                         help="where runs.csv and the generated tables live")
+    parser.add_argument("--budget-hours", type=float, default=None,
+                        help="fit optim.epochs (ramps and warmup scaled) to H estimated "
+                        "pretraining device-hours on the measured device (see --dry-run)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and cost, run nothing")
     parser.add_argument("--slurm", action="store_true", help="submit to SLURM through submitit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
@@ -227,6 +230,13 @@ def main(argv: list[str]) -> int:
     """``run.py``'s command line (see run.py): the recipe once per seed."""
     args, overrides = parse_args(argv)
     recipe = load_recipe(args.config, overrides)
+    if args.budget_hours is not None:
+        from ffcv_bt.dry_run import fit_to_budget
+
+        if "optim.epochs" in overrides:
+            raise ConfigError("--budget-hours chooses optim.epochs; drop --optim.epochs")
+        overrides.update({k: str(v) for k, v in fit_to_budget(recipe, args.budget_hours).items()})
+        recipe = load_recipe(args.config, overrides)
     if args.dry_run:
         from ffcv_bt.dry_run import describe_plan
 

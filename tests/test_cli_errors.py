@@ -157,3 +157,12 @@ def test_failed_checkpoint_write_keeps_the_checkpoints(tmp_path: Path, monkeypat
     assert {p: p.read_bytes() for p in (path, previous_path(path))} == before
     assert load_checkpoint(path)["epoch"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
+
+
+def test_budget_below_one_epoch_is_refused_and_a_budget_is_met() -> None:
+    proc = command("run.py", "--config", "rules/fast-300ep.yaml", "--dry-run", "--budget-hours", "0.1")
+    assert_one_line_error(proc, 2, "--budget-hours 0.1", "one pretraining epoch")
+    ok = command("run.py", "--config", "rules/fast-300ep.yaml", "--dry-run", "--budget-hours", "500")
+    assert ok.returncode == 0, ok.stderr
+    line = next(l for l in ok.stdout.splitlines() if l.strip().startswith("pretrain "))
+    assert float(line.split(":")[1].split("device-hours")[0]) <= 500
