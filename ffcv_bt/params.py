@@ -1,0 +1,170 @@
+"""Every configuration section and parameter, declared once with fastargs: type, help
+and allowed values. No defaults here: rules/base.yaml states every value of the reference
+recipe and the protocol files (rules/protocols/) every evaluation setting. Loading and
+checking recipes is ffcv_bt.config.
+"""
+from __future__ import annotations
+
+from fastargs import Config as FastargsConfig
+from fastargs import Param, Section
+from fastargs.validation import And, Checker, InRange, OneOf
+
+PROTOCOL_SECTIONS = ("linear", "semi", "knn")
+
+DECLARED = FastargsConfig()
+
+
+def _section(name: str, desc: str, **params: Param) -> None:
+    Section(name, desc, config_descriptor=DECLARED).params(**params)
+
+
+def _p(kind: type, desc: str, check: Checker | None = None) -> Param:
+    """A parameter without a default: rules/base.yaml (and the protocol files) state every
+    value once; a recipe that does not extend base.yaml must set them all."""
+    checker = And(kind, check) if check is not None else kind
+    param = Param(checker, desc, required=True)
+    param.kind = kind  # the strict type we enforce before fastargs' lenient checker
+    return param
+
+
+def _prob(desc: str) -> Param:
+    return _p(float, desc, InRange(0.0, 1.0))
+
+
+_section(
+    "data", "The dataset written by write_dataset.py and how to read it",
+    dir=_p(str, "folder with train.beton, val.beton, manifest.json and the label subsets"),
+    num_workers=_p(int, "FFCV loader worker threads per process", InRange(1, 256)),
+    in_memory=_p(bool, "read the .beton into RAM (True) or page it from disk (False)"),
+    order=_p(str, "sample order of training loaders", OneOf(["random", "quasi_random"])),
+)
+_section(
+    "resolution", "Progressive training resolution (FFCV ImageNet schedule)",
+    min_res=_p(int, "crop size until start_ramp", InRange(8, 1024)),
+    max_res=_p(int, "crop size from end_ramp on", InRange(8, 1024)),
+    start_ramp=_p(int, "last epoch at min_res", InRange(0, 100000)),
+    end_ramp=_p(int, "first epoch at max_res", InRange(0, 100000)),
+)
+_section(
+    "aug", "Barlow Twins augmentations (two asymmetric views)",
+    scale_min=_p(float, "random-resized-crop smallest area fraction", InRange(0.001, 1.0)),
+    scale_max=_p(float, "random-resized-crop largest area fraction", InRange(0.001, 1.0)),
+    flip_p=_prob("horizontal flip probability (each view)"),
+    jitter_p=_prob("colour jitter probability (all four parts under one draw)"),
+    brightness=_p(float, "colour jitter brightness strength", InRange(0.0, 1.0)),
+    contrast=_p(float, "colour jitter contrast strength", InRange(0.0, 1.0)),
+    saturation=_p(float, "colour jitter saturation strength", InRange(0.0, 1.0)),
+    hue=_p(float, "colour jitter hue strength", InRange(0.0, 0.5)),
+    grayscale_p=_prob("grayscale probability (each view)"),
+    blur_p1=_prob("Gaussian blur probability, view 1"),
+    blur_p2=_prob("Gaussian blur probability, view 2"),
+    blur_sigma_min=_p(float, "blur sigma lower bound", InRange(0.01, 100.0)),
+    blur_sigma_max=_p(float, "blur sigma upper bound", InRange(0.01, 100.0)),
+    solarize_p1=_prob("solarize probability, view 1"),
+    solarize_p2=_prob("solarize probability, view 2"),
+    solarize_threshold=_p(int, "solarize pixels at or above this value", InRange(0, 256)),
+)
+_section(
+    "model", "Backbone and projector",
+    arch=_p(str, "torchvision ResNet",
+            OneOf(["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])),
+    width=_p(int, "channels of the first stage (64 = torchvision)", InRange(1, 1024)),
+    small_stem=_p(bool, "3x3 stride-1 stem without max-pool, for 28-64 px images"),
+    zero_init_residual=_p(bool, "zero the last BN of each residual block"),
+    projector=_p(str, "projector layer sizes, e.g. 8192-8192-8192"),
+)
+_section(
+    "loss", "The Barlow Twins objective",
+    lambd=_p(float, "weight of the off-diagonal terms", InRange(0.0, 1.0)),
+    scale_loss=_p(float, "multiplier of the loss (original runs: 0.024)", InRange(1e-6, 1e6)),
+    formulation=_p(str, "cross: d x d matrix; gram: N x N Gram matrices; auto: by shape", OneOf(["auto", "cross", "gram"])),
+)
+_section(
+    "optim", "LARS and the learning-rate schedule",
+    batch_size=_p(int, "GLOBAL batch size (all ranks together)", InRange(2, 1 << 20)),
+    epochs=_p(int, "pretraining epochs", InRange(1, 100000)),
+    lr_weights=_p(float, "learning rate of weights, times batch/256", InRange(0.0, 100.0)),
+    lr_biases=_p(float, "learning rate of biases and BN, times batch/256", InRange(0.0, 100.0)),
+    weight_decay=_p(float, "weight decay (weights only)", InRange(0.0, 1.0)),
+    momentum=_p(float, "LARS momentum", InRange(0.0, 1.0)),
+    eta=_p(float, "LARS trust coefficient", InRange(0.0, 1.0)),
+    warmup_epochs=_p(float, "linear warmup length in epochs", InRange(0.0, 100000.0)),
+    final_lr_ratio=_p(float, "cosine ends at this fraction of the base rate", InRange(0.0, 1.0)),
+)
+_section(
+    "train", "The pretraining loop",
+    seed=_p(int, "seed of weights, data order and augmentations", InRange(0, 2**31 - 1)),
+    precision=_p(str, "auto: bf16 on GPUs that have it, else fp16 with a GradScaler; fp32 on CPU", OneOf(["auto", "bf16", "fp16", "fp32"])),
+    channels_last=_p(bool, "channels_last memory format (GPU only)"),
+    compile=_p(bool, "torch.compile the model"),
+    log_every=_p(int, "JSON-lines log every N steps", InRange(1, 10**9)),
+    max_steps_per_epoch=_p(int, "cut epochs short (0 = full epochs); for smoke runs",
+                           InRange(0, 10**9)),
+    deterministic=_p(bool, "torch deterministic algorithms (CPU resume tests)"),
+)
+_section(
+    "eval", "Which evaluation protocol and which backbones to evaluate",
+    protocol=_p(str, "protocol file rules/protocols/<name>.yaml (fixed rules)"),
+    control=_p(bool, "also evaluate a randomly initialised backbone (the control row)"),
+)
+_section(
+    "linear", "Linear probe on frozen features (protocol, not recipe)",
+    epochs=_p(int, "epochs", InRange(1, 10000)),
+    batch_size=_p(int, "GLOBAL batch size", InRange(1, 1 << 20)),
+    lr=_p(float, "classifier learning rate", InRange(0.0, 100.0)),
+    weight_decay=_p(float, "weight decay", InRange(0.0, 1.0)),
+    momentum=_p(float, "SGD momentum", InRange(0.0, 1.0)),
+    res=_p(int, "crop size for train and val", InRange(8, 1024)),
+    resize=_p(int, "val resize before the centre crop", InRange(8, 2048)),
+    precision=_p(str, "frozen forward pass precision (speed path; classifier stays fp32)",
+                 OneOf(["auto", "bf16", "fp16", "fp32"])),
+)
+_section(
+    "semi", "Semi-supervised fine-tuning on 1% / 10% of labels (protocol, not recipe)",
+    epochs=_p(int, "epochs", InRange(1, 10000)),
+    batch_size=_p(int, "GLOBAL batch size", InRange(1, 1 << 20)),
+    lr_backbone=_p(float, "backbone learning rate", InRange(0.0, 100.0)),
+    lr_classifier=_p(float, "classifier learning rate", InRange(0.0, 100.0)),
+    weight_decay=_p(float, "weight decay", InRange(0.0, 1.0)),
+    momentum=_p(float, "SGD momentum", InRange(0.0, 1.0)),
+    res=_p(int, "crop size for train and val", InRange(8, 1024)),
+    resize=_p(int, "val resize before the centre crop", InRange(8, 2048)),
+)
+_section(
+    "knn", "Weighted kNN on frozen features (protocol, not recipe; Wu et al. 2018)",
+    k=_p(int, "neighbours that vote", InRange(1, 10000)),
+    temperature=_p(float, "votes weigh exp(cosine / temperature)", InRange(1e-4, 100.0)),
+    batch_size=_p(int, "GLOBAL batch size of the feature extraction", InRange(1, 1 << 20)),
+    res=_p(int, "centre-crop size for train and val features", InRange(8, 1024)),
+    resize=_p(int, "resize before the centre crop", InRange(8, 2048)),
+    pixel_floor=_p(bool, "also classify raw pixels (the floor; small images only)"),
+)
+_section(
+    "run", "What run.py does (run control: changing it keeps a run folder usable)",
+    stages=_p(str, "comma-separated subset of pretrain,knn,linear,semi1,semi10"),
+    seeds=_p(str, "comma-separated train.seed values, one run each (empty: train.seed only)"),
+)
+_section(
+    "estimate", "Throughput used by `run.py --dry-run` to estimate GPU-hours",
+    device=_p(str, "device the figures below were measured on"),
+    n_devices=_p(int, "devices the run would use", InRange(1, 100000)),
+    pretrain_images_per_s=_p(float, "two-view images/s per device (bench/train_step.py)",
+                             InRange(0.0, 1e9)),
+    eval_images_per_s=_p(float, "evaluation training images/s per device", InRange(0.0, 1e9)),
+)
+_section(
+    "slurm", "SLURM submission through submitit (run.py --slurm)",
+    partition=_p(str, "partition"),
+    account=_p(str, "account"),
+    nodes=_p(int, "nodes", InRange(1, 10000)),
+    gpus_per_node=_p(int, "GPUs (= tasks) per node", InRange(1, 64)),
+    cpus_per_task=_p(int, "CPU cores per task", InRange(1, 512)),
+    timeout_min=_p(int, "time limit per job in minutes (the job requeues itself)",
+                   InRange(1, 10**6)),
+    folder=_p(str, "submitit logs folder (relative to the run folder)"),
+)
+
+ALL_STAGES = ("pretrain", "knn", "linear", "semi1", "semi10")
+# Sections that say how to run, not what is computed: changing them (--stages, an estimate,
+# SLURM settings) keeps a run folder usable.
+RUN_CONTROL_SECTIONS = ("run", "estimate", "slurm")
