@@ -1,0 +1,67 @@
+"""A stop signal during an evaluation (the hours-long linear probe): the epoch's start is
+on disk, the handler that was there before ours (submitit's requeue) is called, our handlers
+are restored, and the same evaluation resumed gives the uninterrupted result."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from ffcv_bt.config import load_recipe
+from ffcv_bt.distributed import DistInfo
+from ffcv_bt.errors import Preempted
+from ffcv_bt.evaluate import Evaluation
+from ffcv_bt.preemption import StopSignals
+from recipes import write_tiny_recipe
+
+
+class _SignalAt:
+    """Wraps a loader; sends ``sig`` to this process when epoch ``epoch``'s batch ``batch``
+    is handed out (as SLURM's warning would arrive mid-epoch)."""
+
+    def __init__(self, loader, sig: int, epoch: int, batch: int) -> None:
+        self.loader, self.sig, self.epoch, self.batch = loader, sig, epoch, batch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        epoch = self.loader.epoch
+        for i, item in enumerate(self.loader):
+            if (epoch, i) == (self.epoch, self.batch):
+                os.kill(os.getpid(), self.sig)
+            yield item
+
+
+@pytest.mark.timeout(600)
+def test_signal_during_the_linear_probe_then_resume(tiny_dataset: Path, tmp_path: Path) -> None:
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_dataset), {"linear.epochs": "3"})
+    straight = Evaluation(recipe, "linear", "random", tmp_path / "straight", DistInfo()).run()
+
+    requeued: list[int] = []
+    before = signal.signal(signal.SIGUSR2, lambda signum, frame: requeued.append(signum))
+    try:
+        stopped = Evaluation(recipe, "linear", "random", tmp_path / "stopped", DistInfo())
+        stopped.train_loader = _SignalAt(stopped.train_loader, signal.SIGUSR2, epoch=1, batch=2)
+        with pytest.raises(Preempted, match="linear epoch 1"):
+            stopped.run()
+        assert requeued == [signal.SIGUSR2]  # handed over after the checkpoint
+        assert signal.getsignal(signal.SIGUSR2) is not None
+        assert not isinstance(getattr(signal.getsignal(signal.SIGUSR2), "__self__", None),
+                              StopSignals)  # ours is gone: the previous handler is back
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+
+    resumed = Evaluation(recipe, "linear", "random", tmp_path / "stopped", DistInfo())
+    assert resumed.epoch == 1  # epoch 0's checkpoint; epoch 1 is replayed
+    result = resumed.run()
+    straight_log = [json.loads(line) for line in
+                    (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert [r["top1"] for r in resumed.history] == [r["top1"] for r in straight_log]
+    assert (result["top1"], result["top5"]) == (straight["top1"], straight["top5"])
