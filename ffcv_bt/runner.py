@@ -1,5 +1,6 @@
-"""``run.py``: one recipe end to end, per seed: stages (pretrain -> linear -> semi1 ->
-semi10) into a run folder, with the run's provenance.
+"""``run.py``: one recipe end to end, once per seed: stages (pretrain -> knn -> linear ->
+semi1 -> semi10, each evaluation also on a random-init control) into a run folder, with
+the run's provenance.
 
 The run folder holds ``run.json`` (recipe text, resolved config, code and library
 versions, device, per-stage wall time and device-hours), ``config.yaml``, and one
