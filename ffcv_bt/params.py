@@ -181,5 +181,6 @@ _section(
 
 ALL_STAGES = ("pretrain", "knn", "linear", "semi1", "semi10")
 # Sections that say how to run, not what is computed: changing them (--stages, an estimate,
-# SLURM settings) keeps a run folder usable.
-RUN_CONTROL_SECTIONS = ("run", "estimate", "slurm")
+# SLURM settings, the online monitor, which leaves the weights unchanged) keeps a run
+# folder usable.
+RUN_CONTROL_SECTIONS = ("run", "estimate", "slurm", "monitor")

@@ -124,6 +124,17 @@ def test_pretraining_with_the_monitor_writes_records_plot_and_separate_hours(
     assert monitor[-1]["monitor_device_hours"] == pytest.approx(result["monitor_device_hours"])
     assert json.loads((out / "monitor_state.json").read_text())["last_epoch"] == 3
     assert (out / "monitor.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The monitor leaves training alone: the same losses and weights without it.
+    plain = Pretrainer(_tiny_recipe(tmp_path, tiny_dataset, epochs=3, every=0),
+                       tmp_path / "plain", DistInfo())
+    plain_result = plain.train()
+    plain_records = [json.loads(line) for line in (tmp_path / "plain" / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in plain_records] == [r["loss"] for r in records if r.get("kind") is None]
+    ours = torch.load(result["backbone"])
+    for key, value in torch.load(plain_result["backbone"]).items():
+        assert torch.equal(value, ours[key]), key
+    assert plain_result["monitor_device_hours"] == 0.0
+    assert not (tmp_path / "plain" / "tensorboard").exists()
     try:
         import tensorboard  # noqa: F401
     except ImportError:
