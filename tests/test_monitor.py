@@ -140,3 +140,32 @@ def test_pretraining_with_the_monitor_writes_records_plot_and_separate_hours(
     except ImportError:
         return
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_monitor_pass_cut_short_runs_on_restart_and_its_time_is_kept(
+        tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed during the monitor after the last epoch's checkpoint: the restart runs the
+    missed pass before finishing, and the monitor's earlier seconds carry over."""
+    from ffcv_bt.distributed import DistInfo
+    from ffcv_bt.monitor import TrainingMonitor
+    from ffcv_bt.pretrain import Pretrainer
+
+    recipe = _tiny_recipe(tmp_path, tiny_dataset, epochs=2, every=1)
+    out = tmp_path / "out"
+    real_run = TrainingMonitor.run
+
+    def dies_at_epoch_2(self, model, epochs_done, step, clock):
+        if epochs_done == 2:
+            raise KeyboardInterrupt("killed")
+        return real_run(self, model, epochs_done, step, clock)
+
+    monkeypatch.setattr(TrainingMonitor, "run", dies_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        Pretrainer(recipe, out, DistInfo()).train()
+    first_seconds = json.loads((out / "monitor_state.json").read_text())["seconds"]
+    assert first_seconds > 0 and not (out / "result.json").exists()
+    monkeypatch.setattr(TrainingMonitor, "run", real_run)
+    result = Pretrainer(recipe, out, DistInfo()).train()
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epochs_done"] for r in records if r.get("kind") == "monitor"] == [1, 2]
+    assert result["monitor_device_seconds"] > first_seconds
