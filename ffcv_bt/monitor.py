@@ -113,6 +113,19 @@ def evenly_spaced(total: int, count: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, num=count).round().astype(np.int64))
 
 
+def monitor_epochs(every: int, epochs: int) -> list[int]:
+    """After which epochs (counted from 1) the monitor runs: every ``every``-th and the last."""
+    if every <= 0:
+        return []
+    return [e for e in range(1, epochs + 1) if e % every == 0 or e == epochs]
+
+
+def images_per_pass(train_images: int, val_images: int) -> int:
+    """Frozen backbone forwards of one pass: the train subset once, the val subset twice
+    (the image and its mirror)."""
+    return train_images + 2 * val_images
+
+
 # ----- the monitor -----------------------------------------------------------------------
 def _summary_writer(log_dir: Path) -> Any:
     """A TensorBoard SummaryWriter, or None when the tensorboard package is missing."""
@@ -144,10 +157,10 @@ class TrainingMonitor:
 
     def due(self, epochs_done: int) -> bool:
         """Monitor now, after ``epochs_done`` epochs (every N, the last, not twice)?"""
-        every, last = self.settings["every_epochs"], self.recipe["optim"]["epochs"]
-        if not self.enabled or epochs_done <= self.last_epoch or epochs_done == 0:
+        if epochs_done <= self.last_epoch:
             return False
-        return epochs_done % every == 0 or epochs_done == last
+        return epochs_done in monitor_epochs(self.settings["every_epochs"],
+                                             self.recipe["optim"]["epochs"])
 
     def _read_state(self) -> dict[str, Any]:
         path = self.out_dir / STATE_FILE
