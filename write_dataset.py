@@ -2,6 +2,7 @@
 
     python write_dataset.py --data-dir /data/imagenet --out-dir /data/ffcv-imagenet
     python write_dataset.py --demo fashion-mnist --out-dir data/fashion-mnist
+    python write_dataset.py --data-dir /data/imagenet --classes imagenet100 --out-dir /data/ffcv-in100
 
 See ffcv_bt/data/write.py for what is written and how images are brought to RGB.
 """
@@ -11,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ffcv_bt.data.image_folder import IMAGENET100, read_class_list
 from ffcv_bt.data.label_subsets import SUBSET_PERCENTS
 from ffcv_bt.data.write import (WRITE_MODES, default_num_workers,
                                 write_dataset)
@@ -50,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
              "without it a class-balanced subset is drawn with --seed")
     add("--seed", type=int, default=0,
         help="seed for drawn subsets and for proportion mode's choices (default: 0)")
+    add("--classes", metavar="FILE|imagenet100",
+        help="convert only these classes: a file with one class folder name per line, or "
+             "'imagenet100' for the 100-class ImageNet subset of CMC (Tian et al. 2019)")
     add("--skip-bad", action="store_true",
         help="leave unreadable images out (listed in the manifest) instead of failing")
     add("--demo-train-per-class", type=int, default=None,
@@ -79,6 +84,10 @@ def main(argv: list[str]) -> int:
     if args.demo is None and (args.demo_train_per_class or args.demo_val_per_class):
         parser.error("--demo-train-per-class and --demo-val-per-class need --demo")
     data_dir = args.data_dir
+    classes = None if args.classes is None else read_class_list(args.classes)
+    classes_source = None
+    if args.classes is not None:
+        classes_source = IMAGENET100 if args.classes == IMAGENET100 else str(Path(args.classes).resolve())
     if args.demo == "fashion-mnist":
         from ffcv_bt.data.fashion_mnist import materialise_fashion_mnist
 
@@ -88,7 +97,8 @@ def main(argv: list[str]) -> int:
         data_dir, args.out_dir, write_mode=args.write_mode, max_resolution=args.max_resolution,
         compress_probability=args.compress_probability, jpeg_quality=args.jpeg_quality,
         num_workers=args.num_workers, chunk_size=args.chunk_size,
-        subset_files=dict(args.subset_file), seed=args.seed, skip_bad=args.skip_bad)
+        subset_files=dict(args.subset_file), seed=args.seed, skip_bad=args.skip_bad,
+        classes=classes, classes_source=classes_source)
     print(summary(args.out_dir.resolve(), manifest))
     return 0
 

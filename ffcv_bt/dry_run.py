@@ -226,6 +226,24 @@ def loader_lines(recipe: Recipe, tp: Throughput, cores: int | None = None,
     return lines + warnings
 
 
+def _monitor_cost(recipe: Recipe, tp: Throughput, n_train: int) -> tuple[str, float]:
+    """The plan's line for the online monitor (ffcv_bt.monitor) and its device-hours: its
+    frozen forwards at the evaluation rate ("" and 0 when it is off or not pretraining)."""
+    from ffcv_bt.monitor import images_per_pass, monitor_epochs
+
+    m = recipe["monitor"]
+    passes = len(monitor_epochs(m["every_epochs"], recipe["optim"]["epochs"]))
+    if not passes or "pretrain" not in recipe.stages:
+        return "", 0.0
+    images = passes * images_per_pass(min(m["train_images"], n_train), m["val_images"])
+    head = f"  monitor  {images:>16,.0f} images"
+    if tp.eval_rate <= 0:
+        return f"{head}: no measured throughput ({passes} passes)", 0.0
+    hours = images / tp.eval_rate / 3600
+    return (f"{head}: {hours:10.1f} device-hours ({passes} passes; reported apart as "
+            f"monitor_device_hours)", hours)
+
+
 def describe_plan(recipe: Recipe, devices_dir: str | Path | None = None,
                   cores: int | None = None, gpus: int | None = None) -> str:
     """Human-readable plan: data, stages, schedules and a GPU-hour estimate per stage.
@@ -286,6 +304,10 @@ def describe_plan(recipe: Recipe, devices_dir: str | Path | None = None,
         lines.append(f"  {stage:8s} {stage_images[stage]:>16,.0f} images: {hours * copies:10.1f} "
                      f"device-hours ({wall * copies:.1f} h wall on {est['n_devices']} devices)"
                      + ("  incl. control" if copies == 2 else ""))
+    monitor_line, monitor_hours = _monitor_cost(recipe, tp, n_train)
+    if monitor_line:
+        lines.append(monitor_line)
+        total_hours += monitor_hours
     lines.append(f"  total    {total_hours:.1f} device-hours (reference: ~2,688 V100-hours "
                  f"for pretraining alone; compare only on the same device type)")
     lines += loader_lines(recipe, tp, cores, gpus)

@@ -111,3 +111,28 @@ def barlow_twins_loss(z1: Tensor, z2: Tensor, lambd: float = 0.0051, scale_loss:
         terms = _gram_terms if form == "gram" else _cross_terms
         on_diag, off_diag = terms(a, b, n)
         return scale_loss * (on_diag + lambd * off_diag)
+
+
+@torch.no_grad()
+def correlation_terms(z1: Tensor, z2: Tensor, eps: float = BN_EPS) -> tuple[float, float]:
+    """(on-diagonal, off-diagonal) sums of the Barlow Twins cross-correlation of two views'
+    embeddings (n, d), on this process only (no collectives), outside autograd.
+
+    For monitoring: ``loss = scale_loss * (on + lambd * off)``; the split shows whether the
+    invariance term or the redundancy-reduction term dominates. Same normalisation as the
+    objective (affine-free BatchNorm over the n rows, biased variance); the cheaper of the
+    two formulations by shape, in float64.
+    """
+    if z1.dim() != 2 or z1.shape != z2.shape or z1.shape[0] < 2:
+        raise ValueError(f"correlation_terms expects two (n >= 2, d) tensors of equal shape, "
+                         f"got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    a, b = z1.double(), z2.double()
+    a = (a - a.mean(0)) * torch.rsqrt(a.var(0, unbiased=False) + eps)
+    b = (b - b.mean(0)) * torch.rsqrt(b.var(0, unbiased=False) + eps)
+    n = a.shape[0]
+    diag = (a * b).sum(0) / n
+    if n < a.shape[1]:
+        total = ((a @ a.T) * (b @ b.T)).sum() / n**2
+    else:
+        total = ((a.T @ b) / n).pow(2).sum()
+    return float((diag - 1).pow(2).sum()), float(total - diag.pow(2).sum())

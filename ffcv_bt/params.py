@@ -103,6 +103,21 @@ _section(
     deterministic=_p(bool, "torch deterministic algorithms (CPU resume tests)"),
 )
 _section(
+    "monitor", "Online monitoring during pretraining (kNN, RankMe, embedding std, loss terms)",
+    every_epochs=_p(int, "monitor after every N epochs and after the last (0 = off)",
+                    InRange(0, 10**6)),
+    train_images=_p(int, "train images whose backbone features the kNN searches (a fixed, "
+                    "evenly spaced subset)", InRange(1, 10**8)),
+    val_images=_p(int, "held-out val images classified by kNN and embedded for RankMe/std "
+                  "(a fixed, evenly spaced subset)", InRange(2, 10**8)),
+    knn_k=_p(int, "kNN neighbours that vote", InRange(1, 10000)),
+    knn_temperature=_p(float, "kNN votes weigh exp(cosine / temperature)", InRange(1e-4, 100.0)),
+    collapse_rank_fraction=_prob("warn when RankMe < this fraction of min(val images, "
+                                 "embedding dim)"),
+    collapse_std=_p(float, "warn when the mean per-dimension std of the L2-normalised "
+                    "embeddings is below this (healthy: about 1/sqrt(dim))", InRange(0.0, 1.0)),
+)
+_section(
     "eval", "Which evaluation protocol and which backbones to evaluate",
     protocol=_p(str, "protocol file rules/protocols/<name>.yaml (fixed rules)"),
     control=_p(bool, "also evaluate a randomly initialised backbone (the control row)"),
@@ -166,5 +181,6 @@ _section(
 
 ALL_STAGES = ("pretrain", "knn", "linear", "semi1", "semi10")
 # Sections that say how to run, not what is computed: changing them (--stages, an estimate,
-# SLURM settings) keeps a run folder usable.
-RUN_CONTROL_SECTIONS = ("run", "estimate", "slurm")
+# SLURM settings, the online monitor, which leaves the weights unchanged) keeps a run
+# folder usable.
+RUN_CONTROL_SECTIONS = ("run", "estimate", "slurm", "monitor")

@@ -35,6 +35,7 @@ from ffcv_bt.distributed import DistInfo, set_cpu_compute_threads
 from ffcv_bt.errors import ConfigError, NonFiniteLoss, Preempted
 from ffcv_bt.mixed_precision import autocast_dtype
 from ffcv_bt.model import BarlowTwins, convert_sync_batchnorm
+from ffcv_bt.monitor import TrainingMonitor
 from ffcv_bt.objective import barlow_twins_loss
 from ffcv_bt.optim import LARS, param_groups_for_lars, set_learning_rates
 from ffcv_bt.preemption import StopSignals
@@ -98,6 +99,7 @@ class Pretrainer:
         self.epoch, self.step, self.skip_batches, prior = self.resume()
         self.clock = StageClock(self.device, dist.world_size, prior_seconds=prior)
         self.stop = StopSignals()
+        self.monitor = TrainingMonitor(recipe, self.out_dir, dist)
 
     # ----- construction -------------------------------------------------------------
     def create_loader(self):
@@ -198,12 +200,21 @@ class Pretrainer:
         epochs = self.recipe["optim"]["epochs"]
         last_loss = math.nan
         with self.stop:
+            self.run_monitor()  # one a restart interrupted
             while self.epoch < epochs:
                 last_loss = self.train_epoch(self.epoch)
                 self.epoch += 1
                 self.skip_batches = 0
                 self.save_checkpoint(self.epoch, 0)
+                self.run_monitor()
+        self.monitor.close()
         return self.finish(last_loss)
+
+    def run_monitor(self) -> None:
+        """The online monitor (ffcv_bt.monitor) when due, on its own clock, between epochs
+        (the pretraining clock is stopped then)."""
+        if self.monitor.due(self.epoch):
+            self.monitor.run(self.model, self.epoch, self.step, self.clock)
 
     def steps_per_epoch(self) -> int:
         limit = self.recipe["train"]["max_steps_per_epoch"]
@@ -276,6 +287,7 @@ class Pretrainer:
         if self.dist.is_main:
             with open(self.out_dir / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+            self.monitor.on_train_record(record)
 
     def finish(self, last_loss: float) -> dict[str, Any]:
         """Save the torchvision-format backbone and result.json."""
@@ -284,6 +296,8 @@ class Pretrainer:
             "epochs": self.recipe["optim"]["epochs"], "steps": self.step,
             "final_epoch_loss": last_loss, "device_seconds": self.clock.seconds,
             "device_hours": self.clock.device_hours,
+            "monitor_device_seconds": self.monitor.clock.seconds,
+            "monitor_device_hours": self.monitor.clock.device_hours,
             "backbone": str(self.out_dir / f"{arch}.pth"), "checkpoint": str(self.ckpt_path),
             **device_description(self.device),
         }

@@ -106,6 +106,7 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
         result = pretrain(recipe, run_dir / "pretrain", dist)
         meta["stages"].setdefault("pretrain", {}).update(
             {"device_hours": result["device_hours"], "device_seconds": result["device_seconds"],
+             "monitor_device_hours": result.get("monitor_device_hours", 0.0),
              "wall_seconds_this_call": time.time() - start, "result": result})
         save()
     pretrain_file = run_dir / "pretrain" / "result.json"

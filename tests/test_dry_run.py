@@ -154,3 +154,20 @@ def test_device_file_validation_names_file_and_key(tmp_path: Path) -> None:
     recipe = _recipe(tmp_path, **{"estimate.device": DEVICE})
     with pytest.raises(ConfigError, match="estimate.device 'Test GPU 80GB'"):
         describe_plan(recipe, devices_dir=tmp_path)
+
+
+def test_the_plan_counts_the_online_monitor(tmp_path: Path) -> None:
+    off = describe_plan(_recipe(tmp_path), devices_dir=tmp_path / "devices", cores=8, gpus=1)
+    assert "monitor " not in off
+    recipe = _recipe(tmp_path, **{"monitor.every_epochs": "50", "monitor.train_images": "20000",
+                                  "monitor.val_images": "5000"})
+    plan = describe_plan(recipe, devices_dir=tmp_path / "devices", cores=8, gpus=1)
+    line = next(l for l in plan.splitlines() if l.strip().startswith("monitor "))
+    images = 6 * (20000 + 2 * 5000)  # after epochs 50, 100, ..., 300
+    assert f"{images:,}" in line and "6 passes" in line
+    hours = images / recipe["estimate"]["eval_images_per_s"] / 3600
+    assert float(line.split(":")[1].split("device-hours")[0]) == pytest.approx(hours, abs=0.06)
+
+    def total(text: str) -> float:
+        return float(next(l for l in text.splitlines() if "total" in l).split()[1])
+    assert total(plan) == pytest.approx(total(off) + hours, abs=0.11)

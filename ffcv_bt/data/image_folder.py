@@ -91,14 +91,48 @@ def scan_split(split_dir: Path, classes: Sequence[str]) -> tuple[list[Sample], l
     return samples, skipped
 
 
+IMAGENET100 = "imagenet100"
+IMAGENET100_FILE = Path(__file__).with_name("imagenet100.txt")
+
+
+def read_class_list(spec: str | Path) -> list[str]:
+    """Class folder names from a file (one per line; blank lines and ``#`` comments
+    ignored), or the shipped ImageNet-100 list (CMC, Tian et al. 2019) for ``imagenet100``."""
+    path = IMAGENET100_FILE if str(spec) == IMAGENET100 else Path(spec)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the class list ({error.strerror or error})") from None
+    names = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not names:
+        raise DataError(f"{path}: the class list names no class")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: classes listed more than once: {', '.join(repeated)}")
+    return names
+
+
 # ------------------------------------------------------------------------ image loading
 
-def scan_dataset(data_dir: Path) -> tuple[list[str], dict[str, list[Sample]], list[dict[str, str]]]:
-    """Classes (from train/), samples per split and ignored entries; val uses train's indices."""
+def scan_dataset(data_dir: Path, only: Sequence[str] | None = None
+                 ) -> tuple[list[str], dict[str, list[Sample]], list[dict[str, str]]]:
+    """Classes (from train/), samples per split and ignored entries; val uses train's indices.
+
+    ``only``: keep just these classes (labels index them in sorted order, as ImageFolder
+    would on a folder holding only them); a name that train/ lacks is a DataError listing
+    every such name. Folders of other classes are left out silently, in both splits.
+    """
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data directory not found")
     classes, skipped = list_classes(data_dir / "train")
     val_classes, val_skipped = list_classes(data_dir / "val")
+    if only is not None:
+        missing = [name for name in only if name not in classes]
+        if missing:
+            raise DataError(f"{data_dir / 'train'}: {len(missing)} of the {len(only)} listed "
+                            f"classes are not class folders there: {', '.join(missing)}")
+        classes = sorted(only)
+        val_classes = [name for name in val_classes if name in classes]
     unknown = [name for name in val_classes if name not in classes]
     if unknown:
         raise DataError(f"{data_dir / 'val'}: classes missing from {data_dir / 'train'}: "

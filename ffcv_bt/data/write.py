@@ -225,18 +225,22 @@ def write_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                   compress_probability: float = 0.5, jpeg_quality: int = 90,
                   num_workers: int | None = None, chunk_size: int = 100,
                   subset_files: dict[int, str] | None = None, seed: int = 0,
-                  skip_bad: bool = False) -> dict[str, Any]:
+                  skip_bad: bool = False, classes: Sequence[str] | None = None,
+                  classes_source: str | None = None) -> dict[str, Any]:
     """Convert ``data_dir/{train,val}`` into ``out_dir`` and return the manifest written there.
 
     Defaults are FFCV's published ImageNet settings. Raises DataError, before writing
     anything, for bad input: missing folders, val classes that train lacks, empty classes,
     unreadable images (unless ``skip_bad``) and bad subset lists.
+
+    ``classes`` converts only those class folders (e.g. ImageNet-100); ``classes_source``
+    (the list's file, or ``imagenet100``) is recorded in the manifest with them.
     """
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir).resolve()
     num_workers = default_num_workers() if num_workers is None else num_workers
     _check_settings(write_mode, max_resolution, compress_probability, jpeg_quality,
                     num_workers, chunk_size)
-    classes, samples, skipped = scan_dataset(data_dir)
+    classes, samples, skipped = scan_dataset(data_dir, only=classes)
     samples, unreadable = drop_unreadable(samples, num_workers, skip_bad)
     skipped += unreadable
     check_not_empty(data_dir, classes, samples)
@@ -258,6 +262,8 @@ def write_dataset(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
         "compress_probability": compress_probability, "jpeg_quality": jpeg_quality,
         "num_workers": num_workers, "chunk_size": chunk_size, "seed": seed, "skip_bad": skip_bad,
         "rgb_conversion": RGB_CONVERSION}
+    if classes_source is not None or classes is not None:
+        manifest.content["class_subset"] = {"source": classes_source, "count": len(classes)}
     manifest.content.update(skipped=skipped, versions=_versions())
     manifest.write()
     return manifest.content
