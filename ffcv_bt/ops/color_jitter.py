@@ -1,132 +1,230 @@
-"""Colour jitter (brightness, contrast, saturation, hue) under one probability, in random order.
+"""Colour jitter (brightness, contrast, saturation, hue) under one probability, in random order,
+computed as the reference's PIL path does it.
 
-Semantics follow torchvision's ``ColorJitter`` on float tensors: each enabled part draws a
-factor (brightness, contrast, saturation from ``U(max(0, 1 - s), 1 + s)``, hue shift from
-``U(-h, h)``), the four parts run in a random order, and the image is clamped to its range
-after every part. We work in float32 on the [0, 255] scale and round to uint8 once, at the
-end (round half up). torchvision on a uint8 tensor instead truncates after every part, and
-the reference's PIL path quantises hue to 256 steps, so results can differ from either by a
-level or two; tests check agreement with torchvision's float path.
+The reference applies torchvision's ``ColorJitter`` to PIL images, so each part is Pillow
+arithmetic on uint8 images (Pillow's ImageEnhance.py, src/libImaging/Blend.c and
+Convert.c; torchvision's transforms/_functional_pil.py):
 
-The ``adjust_*`` kernels take a float32 (H, W, 3) image on the [0, 255] scale and change it
-in place; they are module level so tests can call them with fixed factors.
+- brightness, contrast, saturation: ``Image.blend(degenerate, image, factor)``, i.e.
+  ``out = degenerate + factor * (image - degenerate)`` in float32, clipped to [0, 255] and
+  *truncated* to uint8 after each part. The degenerate image is black (brightness), the
+  mean of the "L" image rounded to an integer level, ``int(mean + 0.5)`` (contrast), or the
+  pixel's own "L" value (saturation, ``ImageEnhance.Color``); "L" is Pillow's 601 luma
+  (:func:`ffcv_bt.ops.grayscale.pil_luma`).
+- hue: Pillow's RGB -> HSV conversion (8-bit H, S, V), ``H += int(hue_factor * 255)``
+  wrapping modulo 256, HSV -> RGB. The round trip itself quantises, so it runs even when
+  the shift is 0.
+- the four parts run in a uniformly random order (torchvision draws a permutation of 4).
+
+Everything is integer-exact or float32 in the same order of operations as Pillow's C code,
+so results match Pillow bit for bit (checked in tests/test_fidelity.py). One view is
+jittered in at most two passes over its pixels: contrast needs the mean luma of the image
+it receives, so the parts before it run in a first pass that also sums the luma, and
+contrast and the parts after it in a second pass. Brightness and contrast are 256-entry
+tables; no temporary image is made.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
 from numba import njit
 
-from .grayscale import LUMA_B, LUMA_G, LUMA_R
+from .grayscale import pil_luma
 from .rng import STREAM_COLOR_JITTER, EpochSeed, uniform, uniform_range
 from .view_op import ViewOperation
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
+JITTER_PARAMS = 8  # brightness, contrast, saturation factors, hue shift, then the order (4)
 
 
-_ZERO = np.float32(0.0)
-_MAX = np.float32(255.0)
-_LUMA = (np.float32(LUMA_R), np.float32(LUMA_G), np.float32(LUMA_B))
-
-# The kernels loop over the flat (pixel-major) array with float32 constants so that numba
-# vectorises them; 2-D indexing and float64 mixing made them 4-7x slower.
-
-
-@njit(cache=True, nogil=True, fastmath=True)
-def adjust_brightness(image, factor: float) -> None:
-    """Blend with black: ``clamp(factor * x)``."""
-    flat = image.reshape(-1)
-    f = np.float32(factor)
-    for k in range(flat.size):
-        flat[k] = min(max(f * flat[k], _ZERO), _MAX)
+@njit(cache=True, nogil=True)
+def blend_level(degenerate, value, alpha: np.float32) -> int:
+    """Pillow's ``Image.blend`` on one level: ``degenerate + alpha * (value - degenerate)``
+    in float32, clipped to [0, 255], truncated."""
+    t = np.float32(degenerate) + alpha * np.float32(np.int32(value) - np.int32(degenerate))
+    if t <= np.float32(0.0):
+        return 0
+    if t >= np.float32(255.0):
+        return 255
+    return int(t)
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def adjust_contrast(image, factor: float) -> None:
-    """Blend with the mean of the grayscale image: ``clamp(factor * x + (1 - factor) * mean)``."""
-    flat = image.reshape(-1)
-    pixels = flat.size // 3
-    red, green, blue = 0.0, 0.0, 0.0
-    for p in range(pixels):
-        red += flat[3 * p]
-        green += flat[3 * p + 1]
-        blue += flat[3 * p + 2]
-    mean = (LUMA_R * red + LUMA_G * green + LUMA_B * blue) / pixels
-    offset = np.float32((1.0 - factor) * mean)
-    f = np.float32(factor)
-    for k in range(flat.size):
-        flat[k] = min(max(f * flat[k] + offset, _ZERO), _MAX)
+@njit(cache=True, nogil=True)
+def blend_table(degenerate: int, factor: float) -> np.ndarray:
+    """``blend_level(degenerate, v, factor)`` for v = 0..255 (brightness: degenerate 0)."""
+    table = np.empty(256, dtype=np.uint8)
+    alpha = np.float32(factor)
+    for v in range(256):
+        table[v] = blend_level(degenerate, v, alpha)
+    return table
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def adjust_saturation(image, factor: float) -> None:
-    """Blend each pixel with its own gray value: ``clamp(factor * x + (1 - factor) * gray)``."""
-    flat = image.reshape(-1)
-    f = np.float32(factor)
-    g = np.float32(1.0 - factor)
-    for p in range(flat.size // 3):
-        gray = g * (_LUMA[0] * flat[3 * p] + _LUMA[1] * flat[3 * p + 1] + _LUMA[2] * flat[3 * p + 2])
-        for c in range(3):
-            flat[3 * p + c] = min(max(f * flat[3 * p + c] + gray, _ZERO), _MAX)
+@njit(cache=True, nogil=True)
+def pil_rgb_to_hsv(r, g, b):
+    """Pillow's 8-bit RGB -> HSV of one pixel (Convert.c ``rgb2hsv_row``: float32 ratios,
+    double for the sector offset and the wrap, truncation to 8 bits)."""
+    maxc = max(r, max(g, b))
+    minc = min(r, min(g, b))
+    if maxc == minc:
+        return 0, 0, int(maxc)
+    chroma = np.float32(np.int32(maxc) - np.int32(minc))
+    s = chroma / np.float32(maxc)
+    rc = np.float32(np.int32(maxc) - np.int32(r)) / chroma
+    gc = np.float32(np.int32(maxc) - np.int32(g)) / chroma
+    bc = np.float32(np.int32(maxc) - np.int32(b)) / chroma
+    if r == maxc:
+        h = bc - gc
+    elif g == maxc:
+        h = np.float32(2.0 + np.float64(rc) - np.float64(bc))
+    else:
+        h = np.float32(4.0 + np.float64(gc) - np.float64(rc))
+    turns = np.float64(h) / 6.0 + 1.0  # in (0, 2): fmod(turns, 1) is exactly turns - floor(turns)
+    h = np.float32(turns - math.floor(turns))
+    hue = min(max(int(np.float64(h) * 255.0), 0), 255)
+    saturation = min(max(int(np.float64(s) * 255.0), 0), 255)
+    return hue, saturation, int(maxc)
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def adjust_hue(image, shift: float) -> None:
-    """Rotate the hue in HSV space by ``shift`` turns (``shift`` in [-0.5, 0.5]).
+@njit(cache=True, nogil=True)
+def _round_clip(x: float) -> int:
+    """C's ``round`` (half away from zero) of a non-negative value, clipped to 0..255."""
+    return min(max(int(math.floor(x + 0.5)), 0), 255)
 
-    RGB -> (hue in sixths of a turn, chroma, value) -> rotate -> RGB with the branch-free
-    form ``channel_n = value - chroma * clamp(min(k, 4 - k), 0, 1)``, ``k = (n + hue) mod 6``
-    for n = 5, 3, 1 (red, green, blue); this equals the usual six-sector formula and is
-    ~10x faster. Grays (chroma 0) stay unchanged, as in torchvision.
-    """
-    flat = image.reshape(-1)
-    sixths_shift = np.float32(6.0 * shift)
-    for p in range(flat.size // 3):
-        r, g, b = flat[3 * p], flat[3 * p + 1], flat[3 * p + 2]
-        value = max(r, max(g, b))
-        chroma = value - min(r, min(g, b))
-        inverse = np.float32(1.0) / max(chroma, np.float32(1e-20))
-        if value == r:
-            hue = (g - b) * inverse
-        elif value == g:
-            hue = np.float32(2.0) + (b - r) * inverse
+
+@njit(cache=True, nogil=True)
+def pil_hsv_to_rgb(h, s, v):
+    """Pillow's 8-bit HSV -> RGB of one pixel (Convert.c ``hsv2rgb``)."""
+    if s == 0:
+        return int(v), int(v), int(v)
+    sector = int(math.floor(np.float64(h) * 6.0 / 255.0))
+    f = np.float32(np.float64(h) * 6.0 / 255.0 - np.float64(sector))
+    fs = np.float32(np.float64(s) / 255.0)
+    value = np.float64(v)
+    p = _round_clip(value * (1.0 - np.float64(fs)))
+    q = _round_clip(value * (1.0 - np.float64(fs * f)))
+    t = _round_clip(value * (1.0 - np.float64(fs) * (1.0 - np.float64(f))))
+    sector = sector % 6
+    if sector == 0:
+        return int(v), t, p
+    if sector == 1:
+        return q, int(v), p
+    if sector == 2:
+        return p, int(v), t
+    if sector == 3:
+        return p, q, int(v)
+    if sector == 4:
+        return t, p, int(v)
+    return int(v), p, q
+
+
+@njit(cache=True, nogil=True)
+def hue_shift_levels(hue_factor: float) -> int:
+    """torchvision's shift of Pillow's 8-bit H: ``int(hue_factor * 255)`` (towards 0), mod 256."""
+    return int(hue_factor * 255.0) & 255
+
+
+@njit(cache=True, nogil=True)
+def jitter_pixel(r, g, b, parts, start: int, stop: int, brightness_table, contrast_table,
+                 saturation: np.float32, hue_shift: int):
+    """Apply ``parts[start:stop]`` to one pixel (ints 0..255) and return it."""
+    for k in range(start, stop):
+        part = parts[k]
+        if part == BRIGHTNESS:
+            r, g, b = int(brightness_table[r]), int(brightness_table[g]), int(brightness_table[b])
+        elif part == CONTRAST:
+            r, g, b = int(contrast_table[r]), int(contrast_table[g]), int(contrast_table[b])
+        elif part == SATURATION:
+            gray = pil_luma(r, g, b)
+            r, g, b = (blend_level(gray, r, saturation), blend_level(gray, g, saturation),
+                       blend_level(gray, b, saturation))
         else:
-            hue = np.float32(4.0) + (r - g) * inverse
-        hue += sixths_shift
-        hue -= np.float32(6.0) * np.floor(hue * np.float32(1.0 / 6.0))  # into [0, 6)
-        for c in range(3):
-            k = np.float32(5 - 2 * c) + hue
-            if k >= 6.0:
-                k -= np.float32(6.0)
-            weight = min(max(min(k, np.float32(4.0) - k), np.float32(0.0)), np.float32(1.0))
-            flat[3 * p + c] = min(max(value - chroma * weight, np.float32(0.0)), np.float32(255.0))
+            h, s, v = pil_rgb_to_hsv(r, g, b)
+            r, g, b = pil_hsv_to_rgb((h + hue_shift) & 255, s, v)
+    return r, g, b
 
 
-@njit(cache=True, nogil=True, fastmath=True)
-def color_jitter(image, factors, order) -> None:
-    """Jitter a uint8 (H, W, 3) image in place.
+@njit(cache=True, nogil=True)
+def active_parts(params) -> np.ndarray:
+    """The parts to run, in order, from ``params`` = (b, c, s factors, hue factor, order x 4).
 
-    ``factors``: brightness, contrast, saturation factors and hue shift; ``order``: the four
-    part ids (BRIGHTNESS, CONTRAST, SATURATION, HUE) in the order to apply them. A factor of
-    exactly 1 (0 for hue) skips its part.
+    NaN marks a disabled part; brightness, contrast and saturation factors of exactly 1 are
+    skipped (blending with factor 1 is the identity), hue never (its round trip quantises).
     """
-    flat_out = image.reshape(-1)
-    work = np.empty(image.shape, dtype=np.float32)
-    flat_in = work.reshape(-1)
-    for k in range(flat_out.size):  # a plain loop: ~5x faster than astype here
-        flat_in[k] = flat_out[k]
-    for part in order:
-        if part == BRIGHTNESS and factors[0] != 1.0:
-            adjust_brightness(work, factors[0])
-        elif part == CONTRAST and factors[1] != 1.0:
-            adjust_contrast(work, factors[1])
-        elif part == SATURATION and factors[2] != 1.0:
-            adjust_saturation(work, factors[2])
-        elif part == HUE and factors[3] != 0.0:
-            adjust_hue(work, factors[3])
-    for k in range(flat_out.size):
-        flat_out[k] = np.uint8(flat_in[k] + np.float32(0.5))
+    parts = np.empty(4, dtype=np.int64)
+    count = 0
+    for k in range(4):
+        part = int(params[4 + k])
+        factor = params[part]
+        if math.isnan(factor) or (part != HUE and factor == 1.0):
+            continue
+        parts[count] = part
+        count += 1
+    return parts[:count]
+
+
+@njit(cache=True, nogil=True)
+def color_jitter(image, params) -> None:
+    """Jitter a C-contiguous uint8 (H, W, 3) image in place as the reference's PIL path.
+
+    ``params``: brightness, contrast, saturation factors, hue factor (NaN: part disabled),
+    then the four part ids (BRIGHTNESS, CONTRAST, SATURATION, HUE) in application order.
+    """
+    parts = active_parts(params)
+    if parts.size == 0:
+        return
+    pixels = image.reshape(-1, 3)
+    count = pixels.shape[0]
+    brightness = params[BRIGHTNESS]
+    brightness_table = blend_table(0, 1.0 if math.isnan(brightness) else brightness)
+    saturation = np.float32(params[SATURATION])
+    hue_shift = hue_shift_levels(params[HUE]) if not math.isnan(params[HUE]) else 0
+    split = parts.size  # position of contrast in the order, if it runs
+    for k in range(parts.size):
+        if parts[k] == CONTRAST:
+            split = k
+    contrast_table = brightness_table
+    if split < parts.size:
+        luma_sum = 0
+        for p in range(count):
+            r, g, b = jitter_pixel(pixels[p, 0], pixels[p, 1], pixels[p, 2], parts, 0, split,
+                                   brightness_table, contrast_table, saturation, hue_shift)
+            if split > 0:
+                pixels[p, 0], pixels[p, 1], pixels[p, 2] = r, g, b
+            luma_sum += pil_luma(r, g, b)
+        mean = int(luma_sum / count + 0.5)  # ImageStat's mean, rounded as ImageEnhance.Contrast
+        contrast_table = blend_table(mean, params[CONTRAST])
+    else:
+        split = 0
+    for p in range(count):
+        r, g, b = jitter_pixel(pixels[p, 0], pixels[p, 1], pixels[p, 2], parts, split,
+                               parts.size, brightness_table, contrast_table, saturation,
+                               hue_shift)
+        pixels[p, 0], pixels[p, 1], pixels[p, 2] = r, g, b
+
+
+@njit(cache=True, nogil=True)
+def jitter_draw(key: np.uint64, brightness: float, contrast: float, saturation: float,
+                hue: float) -> np.ndarray:
+    """The jitter parameters of stream ``key`` as torchvision's ``ColorJitter.get_params``.
+
+    Factors ~ U(max(0, 1 - s), 1 + s) from counters 1-3 and the hue factor ~ U(-h, h) from
+    counter 4 (NaN for a part of strength 0, which torchvision skips); the order is a
+    uniformly random permutation of the four parts (Fisher-Yates, counters 5-7).
+    """
+    params = np.empty(JITTER_PARAMS, dtype=np.float64)
+    strengths = (brightness, contrast, saturation)
+    for part in range(3):
+        s = strengths[part]
+        params[part] = uniform_range(key, 1 + part, max(0.0, 1.0 - s), 1.0 + s) if s > 0 else np.nan
+    params[HUE] = uniform_range(key, 4, -hue, hue) if hue > 0 else np.nan
+    for k in range(4):
+        params[4 + k] = k
+    for k in range(3, 0, -1):
+        j = min(int(uniform(key, 8 - k) * (k + 1)), k)
+        params[4 + k], params[4 + j] = params[4 + j], params[4 + k]
+    return params
 
 
 class RandomColorJitterViews(ViewOperation):
@@ -135,14 +233,13 @@ class RandomColorJitterViews(ViewOperation):
     Parameters
     ----------
     brightness, contrast, saturation : strength ``s``: factor ~ U(max(0, 1 - s), 1 + s); 0 disables.
-    hue : strength ``h`` in [0, 0.5]: shift ~ U(-h, h) turns; 0 disables.
+    hue : strength ``h`` in [0, 0.5]: hue factor ~ U(-h, h) turns; 0 disables.
     """
 
     stream = STREAM_COLOR_JITTER
 
-    def __init__(self, probabilities: Sequence[float], seed: EpochSeed, brightness: float = 0.4,
-                 contrast: float = 0.4, saturation: float = 0.2, hue: float = 0.1,
-                 first_view: int = 0):
+    def __init__(self, probabilities: Sequence[float], seed: EpochSeed, brightness: float,
+                 contrast: float, saturation: float, hue: float, first_view: int = 0):
         super().__init__(probabilities, seed, first_view)
         for name, value in (("brightness", brightness), ("contrast", contrast),
                             ("saturation", saturation)):
@@ -152,18 +249,14 @@ class RandomColorJitterViews(ViewOperation):
             raise ValueError(f"color jitter hue must be in [0, 0.5], got {hue}")
         self.strengths = (float(brightness), float(contrast), float(saturation), float(hue))
 
-    def view_kernel(self) -> Callable:
+    def view_draw(self) -> Callable:
         brightness, contrast, saturation, hue = self.strengths
 
-        def jitter_view(image, key):
-            factors = np.empty(4, dtype=np.float64)
-            factors[0] = uniform_range(key, 1, max(0.0, 1.0 - brightness), 1.0 + brightness)
-            factors[1] = uniform_range(key, 2, max(0.0, 1.0 - contrast), 1.0 + contrast)
-            factors[2] = uniform_range(key, 3, max(0.0, 1.0 - saturation), 1.0 + saturation)
-            factors[3] = uniform_range(key, 4, -hue, hue)
-            order = np.arange(4)
-            for k in range(3, 0, -1):  # Fisher-Yates shuffle with draws 5, 6, 7
-                j = min(int(uniform(key, 8 - k) * (k + 1)), k)
-                order[k], order[j] = order[j], order[k]
-            color_jitter(image, factors, order)
+        def draw(key):
+            return jitter_draw(key, brightness, contrast, saturation, hue)
+        return draw
+
+    def view_kernel(self) -> Callable:
+        def jitter_view(image, params):
+            color_jitter(image, params)
         return jitter_view
