@@ -14,9 +14,11 @@ foundations of Gaussian convolution by extended box filtering", SSVM 2011):
   to uint8 after every pass; pixels beyond the border repeat the edge pixel;
 - 3 horizontal passes, then 3 vertical passes.
 
-:func:`gaussian_blur` reproduces that bit for bit, with running sums: the cost per pixel
-does not grow with sigma. All passes run down the rows of a 2-D array (the horizontal ones
-on a transposed copy) so the inner loops are contiguous and vectorise.
+:func:`gaussian_blur` reproduces that bit for bit, in uint32 fixed point like Pillow. The
+vertical passes keep running sums over whole rows; the horizontal passes sum a 1- or
+3-pixel window directly for the recipe's sigmas (radius 0 or 1) and keep running sums
+beyond, so the cost per pixel stays bounded for any sigma. Inner loops index contiguous
+arrays with the loop counter only, so numba vectorises them.
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from numba import njit
 
+from .flip import hflip
 from .rng import STREAM_BLUR, EpochSeed, uniform_range
+from .solarize import solarize
 from .view_op import ViewOperation
 
 BOX_PASSES = 3  # Pillow's default for GaussianBlur
@@ -59,80 +63,176 @@ def box_weights(radius: np.float32):
     return whole, inner, edge
 
 
-@njit(cache=True, nogil=True)
-def box_pass_rows(src, dst, radius: int, inner: np.int64, edge: np.int64, threshold: int) -> None:
-    """One box pass down the rows of ``src`` (H, L) uint8 into ``dst``, edges repeated.
+_U32 = np.uint32
+_HALF = np.uint32(1 << 23)
+_SHIFT = np.uint32(24)
 
-    Row ``y`` of the result is ``(inner * sum(src[y - r .. y + r]) + edge * (src[y - r - 1]
-    + src[y + r + 1]) + 2**23) >> 24`` with rows clamped to the image. Values at or above
-    ``threshold`` are then inverted (``255 - v``, solarize; 256 disables), for free.
-    """
-    height, length = src.shape
-    acc = np.empty(length, dtype=np.int64)
-    first = src[0]
-    for j in range(length):
-        acc[j] = np.int64(first[j]) * (radius + 1)
-    for k in range(radius):  # the running sum for row -1
-        row = src[min(k, height - 1)]
-        for j in range(length):
-            acc[j] += row[j]
-    half = np.int64(1 << 23)
+
+@njit(cache=True, nogil=True, inline="always")
+def _box_level(total, edges, inner, edge):
+    """``(inner * total + edge * edges + 2**23) >> 24`` in uint32 (Pillow's ``SAVE``); the
+    exact result is below 2**32, so the wrapping uint32 products give it exactly."""
+    return np.uint8(_U32(_U32(_U32(total * inner) + _U32(edges * edge)) + _HALF) >> _SHIFT)
+
+
+@njit(cache=True, nogil=True)
+def _pad_edges(padded, length: int, step: int, channels: int) -> None:
+    """Fill the ``step`` bytes on each side of ``padded[step:step + length]`` with copies of
+    its first and last pixel (Pillow repeats edge pixels)."""
+    for k in range(0, step, channels):
+        for c in range(channels):
+            padded[k + c] = padded[step + c]
+            padded[step + length + k + c] = padded[step + length - channels + c]
+
+
+@njit(cache=True, nogil=True)
+def _pad_rows(lines, height: int, stride: int, length: int, step: int, channels: int) -> None:
+    """:func:`_pad_edges` for ``height`` padded lines laid end to end, ``stride`` apart."""
     for y in range(height):
-        add = src[min(y + radius, height - 1)]
-        sub = src[max(y - radius - 1, 0)]
-        far = src[min(y + radius + 1, height - 1)]
-        out = dst[y]
-        for j in range(length):
-            total = acc[j] + np.int64(add[j]) - np.int64(sub[j])
-            acc[j] = total
-            value = (total * inner + (np.int64(sub[j]) + np.int64(far[j])) * edge + half) >> 24
-            out[j] = np.uint8(255 - value if value >= threshold else value)
+        start = y * stride + step
+        end = start + length - channels
+        for k in range(0, step, channels):
+            for c in range(channels):
+                lines[start - step + k + c] = lines[start + c]
+                lines[end + channels + k + c] = lines[end + c]
 
 
 @njit(cache=True, nogil=True)
-def transpose_pixels(src, dst, flip: bool) -> None:
-    """``dst[x, y] = src[y, x]`` for (H, W, 3) ``src`` and (W, H, 3) ``dst``; with ``flip``,
-    ``dst[x, y] = src[y, W - 1 - x]`` (a left-right mirror for free)."""
-    height, width, channels = src.shape
-    for x in range(width):
-        column = width - 1 - x if flip else x
-        out = dst[x]
-        for y in range(height):
-            for c in range(channels):
-                out[y, c] = src[y, column, c]
+def _box_line(padded, out, length: int, radius: int, channels: int, inner, edge) -> None:
+    """One box pass over a padded line (``radius + 1`` edge pixels each side) into ``out``.
+
+    Every output reads shifted views of the line at the loop index, so numba vectorises the
+    loop: a direct 1- or 3-pixel window for radius 0 and 1 (sigma up to about 2.4), a
+    running sum per channel beyond (constant work per pixel for any radius).
+    """
+    step = (radius + 1) * channels
+    left_far = padded[0:length]
+    right_far = padded[2 * step:2 * step + length]
+    middle = padded[step:step + length]
+    if radius == 0:
+        for j in range(length):
+            out[j] = _box_level(_U32(middle[j]), _U32(_U32(left_far[j]) + _U32(right_far[j])),
+                                inner, edge)
+    elif radius == 1:
+        left = padded[step - channels:step - channels + length]
+        right = padded[step + channels:step + channels + length]
+        for j in range(length):
+            total = _U32(_U32(_U32(left[j]) + _U32(middle[j])) + _U32(right[j]))
+            out[j] = _box_level(total, _U32(_U32(left_far[j]) + _U32(right_far[j])), inner, edge)
+    else:
+        for c in range(channels):
+            total = _U32(0)
+            for k in range(-radius, radius + 1):
+                total = _U32(total + _U32(padded[step + c + k * channels]))
+            for j in range(c, length, channels):
+                out[j] = _box_level(total, _U32(_U32(left_far[j]) + _U32(right_far[j])), inner, edge)
+                # slide the window by one pixel: add its new right end, drop its left end
+                total = _U32(_U32(total + _U32(padded[j + 2 * step])) - _U32(padded[j + channels]))
+
+
+@njit(cache=True, nogil=True)
+def box_passes_horizontal(rows, radius: int, inner, edge, channels: int, passes: int):
+    """``passes`` box passes along each row of ``rows`` (H, W * C) uint8.
+
+    The rows are laid end to end in a buffer, each with ``radius + 1`` copies of its edge
+    pixels on both sides (Pillow repeats edge pixels), so one pass is one long vectorised
+    loop over the whole buffer; the outputs that land in the padding are discarded and the
+    padding refilled before the next pass. Returns ``(result, spare, offset, stride)``: row
+    ``y`` of the result is ``result[offset + y * stride:][:W * C]``; ``spare`` is a free
+    buffer of the same size.
+    """
+    height, length = rows.shape
+    inner, edge = _U32(inner), _U32(edge)
+    step = (radius + 1) * channels
+    stride = length + 2 * step
+    size = height * stride
+    source = np.empty(size, dtype=np.uint8)
+    target = np.empty(size, dtype=np.uint8)
+    for y in range(height):
+        row = rows[y]
+        line = source[y * stride + step:y * stride + step + length]
+        for j in range(length):
+            line[j] = row[j]
+    for p in range(passes):
+        _pad_rows(source, height, stride, length, step, channels)
+        if radius <= 1:
+            _box_line(source, target[step:size - step], size - 2 * step, radius, channels,
+                      inner, edge)
+        else:
+            for y in range(height):
+                _box_line(source[y * stride:(y + 1) * stride],
+                          target[y * stride + step:y * stride + step + length], length, radius,
+                          channels, inner, edge)
+        source, target = target, source
+    return source, target, step, stride
+
+
+@njit(cache=True, nogil=True)
+def box_pass_vertical(src, src_offset: int, src_stride: int, dst, dst_offset: int,
+                      dst_stride: int, height: int, length: int, radius: int, inner, edge,
+                      threshold: int) -> None:
+    """One box pass down ``height`` rows of ``length`` uint8 values, edge rows repeated.
+
+    Row ``y`` of the flat ``src`` starts at ``src_offset + y * src_stride`` (likewise for
+    ``dst``). Output row ``y`` is ``(inner * sum(rows y - r .. y + r) + edge * (row y - r - 1
+    + row y + r + 1) + 2**23) >> 24`` with row indices clamped to the image, by a running
+    sum over whole rows (vectorised). Values at or above ``threshold`` are then inverted
+    (``255 - v``: solarize for free; 256 disables).
+    """
+    inner, edge = _U32(inner), _U32(edge)
+    acc = np.empty(length, dtype=np.uint32)
+    first = src[src_offset:src_offset + length]
+    for j in range(length):
+        acc[j] = _U32(_U32(first[j]) * _U32(radius + 1))
+    for k in range(radius):  # the running sum for row -1
+        start = src_offset + min(k, height - 1) * src_stride
+        row = src[start:start + length]
+        for j in range(length):
+            acc[j] = _U32(acc[j] + _U32(row[j]))
+    top = _U32(threshold)
+    for y in range(height):
+        start = src_offset + min(y + radius, height - 1) * src_stride
+        add = src[start:start + length]
+        start = src_offset + max(y - radius - 1, 0) * src_stride
+        sub = src[start:start + length]
+        start = src_offset + min(y + radius + 1, height - 1) * src_stride
+        far = src[start:start + length]
+        out = dst[dst_offset + y * dst_stride:dst_offset + y * dst_stride + length]
+        for j in range(length):
+            total = _U32(_U32(acc[j] + _U32(add[j])) - _U32(sub[j]))
+            acc[j] = total
+            value = _box_level(total, _U32(_U32(sub[j]) + _U32(far[j])), inner, edge)
+            out[j] = np.uint8(255 - value) if value >= top else value
 
 
 @njit(cache=True, nogil=True)
 def gaussian_blur(image, sigma: float, flip: bool = False, threshold: int = 256) -> None:
     """Blur an (H, W, 3) uint8 image in place exactly as Pillow's ``GaussianBlur(sigma)``.
 
-    Optionally also mirrors it left-right (``flip``) and solarizes the result (values
-    ``>= threshold`` inverted), both exact and folded into the passes. ``sigma <= 0`` leaves
-    the pixels as they are (Pillow returns a copy for radius 0).
+    Optionally also mirrors it left-right (``flip``; the blur is mirror-symmetric, so the
+    order does not matter) and solarizes the result (values ``>= threshold`` inverted, in
+    the last pass). ``sigma <= 0`` only flips/solarizes (Pillow returns a copy for radius 0).
     """
     height, width, channels = image.shape
-    if sigma <= 0.0 or height == 0 or width == 0:
+    if height == 0 or width == 0:
+        return
+    if flip:
+        hflip(image)
+    if sigma <= 0.0:
+        if threshold < 256:
+            solarize(image, threshold)
         return
     radius = pil_box_radius(sigma, BOX_PASSES)
     whole, inner, edge = box_weights(radius)
-    size = height * width * channels
-    scratch_a = np.empty(size, dtype=np.uint8)
-    scratch_b = np.empty(size, dtype=np.uint8)
-    # Horizontal passes: down the rows of the transposed image (width rows of height pixels).
-    columns_a = scratch_a.reshape(width, height * channels)
-    columns_b = scratch_b.reshape(width, height * channels)
-    transpose_pixels(image, scratch_a.reshape(width, height, channels), flip)
-    box_pass_rows(columns_a, columns_b, whole, inner, edge, 256)
-    box_pass_rows(columns_b, columns_a, whole, inner, edge, 256)
-    box_pass_rows(columns_a, columns_b, whole, inner, edge, 256)
-    transpose_pixels(scratch_b.reshape(width, height, channels), image, False)
-    # Vertical passes: down the rows of the image.
-    rows = image.reshape(height, width * channels)
-    rows_a = scratch_a.reshape(height, width * channels)
-    rows_b = scratch_b.reshape(height, width * channels)
-    box_pass_rows(rows, rows_a, whole, inner, edge, 256)
-    box_pass_rows(rows_a, rows_b, whole, inner, edge, 256)
-    box_pass_rows(rows_b, rows, whole, inner, edge, threshold)
+    length = width * channels
+    result, spare, offset, stride = box_passes_horizontal(
+        image.reshape(height, length), whole, inner, edge, channels, BOX_PASSES)
+    box_pass_vertical(result, offset, stride, spare, 0, length, height, length, whole, inner,
+                      edge, 256)
+    box_pass_vertical(spare, 0, length, result, 0, length, height, length, whole, inner,
+                      edge, 256)
+    box_pass_vertical(result, 0, length, image.reshape(-1), 0, length, height, length, whole,
+                      inner, edge, threshold)
 
 
 @njit(cache=True, nogil=True)
