@@ -39,3 +39,43 @@ def test_worst_line_skips_resize_and_reports_the_largest(results):
     assert not name.startswith("resize")
     assert mean == max(m for n, (m, _) in results.items() if not n.startswith("resize"))
     assert results["resize"][0] > 0  # INTER_AREA vs bicubic: a stated, measured difference
+
+
+def test_loader_ops_equal_pil_with_their_own_draws():
+    """End to end through the FFCV code (compiled as in the loader, fastmath included): each
+    jittered or blurred view equals the reference's PIL call with the op's own parameters."""
+    from ffcv.pipeline.compiler import Compiler
+    from PIL import Image, ImageFilter
+    from torchvision.transforms import _functional_pil as F_pil
+
+    from ffcv_bt.ops.blur import RandomGaussianBlurViews
+    from ffcv_bt.ops.color_jitter import RandomColorJitterViews
+    from ffcv_bt.ops.rng import EpochSeed
+
+    rng = np.random.default_rng(2)
+    n = 120
+    batch = np.stack([np.stack([fidelity.photo_like(rng, 20, 26) for _ in range(2)])
+                      for _ in range(n)])
+    samples = np.arange(n, dtype=np.uint64) * 3
+    parts = [F_pil.adjust_brightness, F_pil.adjust_contrast, F_pil.adjust_saturation,
+             F_pil.adjust_hue]
+    seed = EpochSeed(8)
+    was_enabled = Compiler.is_enabled
+    Compiler.set_enabled(True)
+    try:
+        for op in (RandomColorJitterViews((1.0, 1.0), seed, 0.4, 0.4, 0.2, 0.1),
+                   RandomGaussianBlurViews((1.0, 1.0), seed, (0.1, 2.0))):
+            out = op.generate_code()(batch.copy(), None, samples)
+            draws = op.draws(samples)
+            for i in range(n):
+                for v in range(2):
+                    params = draws[i, v, 1:]
+                    image = Image.fromarray(batch[i, v])
+                    if isinstance(op, RandomColorJitterViews):
+                        for part in params[4:].astype(int):
+                            image = parts[part](image, float(params[part]))
+                    else:
+                        image = image.filter(ImageFilter.GaussianBlur(float(params[0])))
+                    np.testing.assert_array_equal(out[i, v], np.asarray(image))
+    finally:
+        Compiler.set_enabled(was_enabled)

@@ -17,6 +17,7 @@ from ffcv_bt.ops.color_jitter import (BRIGHTNESS, CONTRAST, HUE, JITTER_PARAMS, 
                                       RandomColorJitterViews, color_jitter)
 from ffcv_bt.ops.crop_decoder import random_crop_box
 from ffcv_bt.ops.flip import RandomFlipViews, hflip
+from ffcv_bt.ops.fused import FusedViewAugment, fuse_view_ops
 from ffcv_bt.ops.grayscale import RandomGrayscaleViews, to_grayscale
 from ffcv_bt.ops.rng import EpochSeed, stream_key, uniform
 from ffcv_bt.ops.solarize import RandomSolarizeViews, solarize
@@ -250,3 +251,28 @@ def test_op_rejects_wrong_probabilities_and_shapes():
     state = State(jit_mode=True, device=torch.device("cpu"), shape=(3, 8, 8, 3), dtype=np.dtype("u1"))
     with pytest.raises(ValueError, match="2 views"):
         RandomFlipViews((0.5, 0.5), EpochSeed(0)).declare_state_and_memory(state)
+
+
+# ----- the fused op -------------------------------------------------------------------------------
+def test_fused_op_equals_the_five_ops_in_sequence_and_fuse_view_ops_finds_them():
+    """Same decisions, same pixels: every combination of flip, jitter (all 24 orders),
+    grayscale, blur and solarize occurs in 400 samples x 2 views."""
+    seed = EpochSeed(3)
+    ops = [RandomFlipViews((0.5, 0.5), seed),
+           RandomColorJitterViews((0.8, 0.6), seed, 0.4, 0.4, 0.2, 0.1),
+           RandomGrayscaleViews((0.3, 0.3), seed),
+           RandomGaussianBlurViews((0.5, 0.4), seed, (0.1, 2.0)),
+           RandomSolarizeViews((0.4, 0.5), seed, 128)]
+    fused = fuse_view_ops(ops + ["tail"])
+    assert isinstance(fused[0], FusedViewAugment) and fused[1:] == ["tail"]
+    rng = np.random.default_rng(9)
+    batch = np.stack([np.stack([photo_like(10, 13, seed=int(s)) for s in rng.integers(0, 50, 2)])
+                      for _ in range(400)])
+    indices = np.arange(400, dtype=np.uint64) * 7
+    sequential = batch.copy()
+    for op in ops:
+        sequential = run_op(op, sequential, indices, jit=True)
+    assert (sequential != batch).any(axis=(-3, -2, -1)).mean() > 0.9
+    np.testing.assert_array_equal(run_op(fused[0], batch, indices, jit=True), sequential)
+    np.testing.assert_array_equal(run_op(fused[0], batch[:20], indices[:20], jit=False),
+                                  sequential[:20])

@@ -18,8 +18,9 @@ Convert.c; torchvision's transforms/_functional_pil.py):
 
 Everything is integer-exact or float32 in the same order of operations as Pillow's C code,
 so results match Pillow bit for bit (checked in tests/test_fidelity.py). One view is
-jittered in at most two passes over its pixels: contrast needs the mean luma of the image
-it receives, so the parts before it run in a first pass that also sums the luma, and
+jittered in at most two passes over its pixels (:func:`pointwise_augment`, which also folds
+in grayscale, solarize and flip for the fused op): contrast needs the mean luma of the
+image it receives, so the parts before it run in a first pass that also sums the luma, and
 contrast and the parts after it in a second pass. Brightness and contrast are 256-entry
 tables; no temporary image is made.
 """
@@ -165,43 +166,93 @@ def active_parts(params) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def finish_pixel(r, g, b, parts, start: int, stop: int, brightness_table, contrast_table,
+                 saturation: np.float32, hue_shift: int, gray: bool, threshold: int):
+    """Jitter parts ``start:stop``, then grayscale (Pillow luma) and solarize (``>= threshold``
+    inverted; 256 disables) of one pixel, in the reference's order."""
+    r, g, b = jitter_pixel(r, g, b, parts, start, stop, brightness_table, contrast_table,
+                           saturation, hue_shift)
+    if gray:
+        r = pil_luma(r, g, b)
+        g = r
+        b = r
+    if threshold < 256:
+        r = 255 - r if r >= threshold else r
+        g = 255 - g if g >= threshold else g
+        b = 255 - b if b >= threshold else b
+    return r, g, b
+
+
+@njit(cache=True, nogil=True)
+def pointwise_augment(image, params, gray: bool, threshold: int, flip: bool) -> None:
+    """Colour jitter, grayscale, solarize and left-right flip of a C-contiguous uint8
+    (H, W, 3) image, in place, in one pass over its pixels (two when contrast runs after
+    another part: contrast needs the mean luma of the image it receives).
+
+    ``params``: brightness, contrast, saturation factors, hue factor (NaN: part disabled),
+    then the four part ids in application order; ``params[4:]`` may be omitted (size 0:
+    no jitter). ``threshold`` 256 disables solarize. The result equals running the
+    reference's PIL ops one after the other (the flip commutes with every pixel-wise op).
+    """
+    height, width, _ = image.shape
+    pixels = image.reshape(-1, 3)
+    count = pixels.shape[0]
+    if params.size >= JITTER_PARAMS:
+        parts = active_parts(params)
+        brightness = params[BRIGHTNESS]
+        saturation = np.float32(params[SATURATION])
+        hue_shift = hue_shift_levels(params[HUE]) if not math.isnan(params[HUE]) else 0
+    else:
+        parts = np.empty(0, dtype=np.int64)
+        brightness = 1.0
+        saturation = np.float32(1.0)
+        hue_shift = 0
+    brightness_table = blend_table(0, 1.0 if math.isnan(brightness) else brightness)
+    contrast_table = brightness_table
+    split = 0  # parts[:split] run in a first pass that also sums the luma for contrast
+    for k in range(parts.size):
+        if parts[k] == CONTRAST:
+            split = k
+            luma_sum = 0
+            for p in range(count):
+                r, g, b = jitter_pixel(pixels[p, 0], pixels[p, 1], pixels[p, 2], parts, 0, k,
+                                       brightness_table, contrast_table, saturation, hue_shift)
+                if k > 0:
+                    pixels[p, 0], pixels[p, 1], pixels[p, 2] = r, g, b
+                luma_sum += pil_luma(r, g, b)
+            mean = int(luma_sum / count + 0.5)  # ImageStat's mean, rounded as ImageEnhance.Contrast
+            contrast_table = blend_table(mean, params[CONTRAST])
+    stop = parts.size
+    if not flip:
+        for p in range(count):
+            r, g, b = finish_pixel(pixels[p, 0], pixels[p, 1], pixels[p, 2], parts, split, stop,
+                                   brightness_table, contrast_table, saturation, hue_shift,
+                                   gray, threshold)
+            pixels[p, 0], pixels[p, 1], pixels[p, 2] = r, g, b
+        return
+    for y in range(height):
+        row = pixels[y * width:(y + 1) * width]
+        for x in range((width + 1) // 2):
+            mirror = width - 1 - x
+            r, g, b = finish_pixel(row[x, 0], row[x, 1], row[x, 2], parts, split, stop,
+                                   brightness_table, contrast_table, saturation, hue_shift,
+                                   gray, threshold)
+            r2, g2, b2 = finish_pixel(row[mirror, 0], row[mirror, 1], row[mirror, 2], parts,
+                                      split, stop, brightness_table, contrast_table, saturation,
+                                      hue_shift, gray, threshold)
+            row[x, 0], row[x, 1], row[x, 2] = r2, g2, b2
+            row[mirror, 0], row[mirror, 1], row[mirror, 2] = r, g, b
+
+
+@njit(cache=True, nogil=True)
 def color_jitter(image, params) -> None:
     """Jitter a C-contiguous uint8 (H, W, 3) image in place as the reference's PIL path.
 
     ``params``: brightness, contrast, saturation factors, hue factor (NaN: part disabled),
     then the four part ids (BRIGHTNESS, CONTRAST, SATURATION, HUE) in application order.
     """
-    parts = active_parts(params)
-    if parts.size == 0:
-        return
-    pixels = image.reshape(-1, 3)
-    count = pixels.shape[0]
-    brightness = params[BRIGHTNESS]
-    brightness_table = blend_table(0, 1.0 if math.isnan(brightness) else brightness)
-    saturation = np.float32(params[SATURATION])
-    hue_shift = hue_shift_levels(params[HUE]) if not math.isnan(params[HUE]) else 0
-    split = parts.size  # position of contrast in the order, if it runs
-    for k in range(parts.size):
-        if parts[k] == CONTRAST:
-            split = k
-    contrast_table = brightness_table
-    if split < parts.size:
-        luma_sum = 0
-        for p in range(count):
-            r, g, b = jitter_pixel(pixels[p, 0], pixels[p, 1], pixels[p, 2], parts, 0, split,
-                                   brightness_table, contrast_table, saturation, hue_shift)
-            if split > 0:
-                pixels[p, 0], pixels[p, 1], pixels[p, 2] = r, g, b
-            luma_sum += pil_luma(r, g, b)
-        mean = int(luma_sum / count + 0.5)  # ImageStat's mean, rounded as ImageEnhance.Contrast
-        contrast_table = blend_table(mean, params[CONTRAST])
-    else:
-        split = 0
-    for p in range(count):
-        r, g, b = jitter_pixel(pixels[p, 0], pixels[p, 1], pixels[p, 2], parts, split,
-                               parts.size, brightness_table, contrast_table, saturation,
-                               hue_shift)
-        pixels[p, 0], pixels[p, 1], pixels[p, 2] = r, g, b
+    if active_parts(params).size > 0:
+        pointwise_augment(image, params, False, 256, False)
 
 
 @njit(cache=True, nogil=True)
