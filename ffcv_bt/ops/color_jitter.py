@@ -40,7 +40,7 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 JITTER_PARAMS = 8  # brightness, contrast, saturation factors, hue shift, then the order (4)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def blend_level(degenerate, value, alpha: np.float32) -> int:
     """Pillow's ``Image.blend`` on one level: ``degenerate + alpha * (value - degenerate)``
     in float32, clipped to [0, 255], truncated."""
@@ -62,7 +62,7 @@ def blend_table(degenerate: int, factor: float) -> np.ndarray:
     return table
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def pil_rgb_to_hsv(r, g, b):
     """Pillow's 8-bit RGB -> HSV of one pixel (Convert.c ``rgb2hsv_row``: float32 ratios,
     double for the sector offset and the wrap, truncation to 8 bits)."""
@@ -88,13 +88,13 @@ def pil_rgb_to_hsv(r, g, b):
     return hue, saturation, int(maxc)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _round_clip(x: float) -> int:
     """C's ``round`` (half away from zero) of a non-negative value, clipped to 0..255."""
     return min(max(int(math.floor(x + 0.5)), 0), 255)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def pil_hsv_to_rgb(h, s, v):
     """Pillow's 8-bit HSV -> RGB of one pixel (Convert.c ``hsv2rgb``)."""
     if s == 0:
@@ -126,7 +126,7 @@ def hue_shift_levels(hue_factor: float) -> int:
     return int(hue_factor * 255.0) & 255
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def jitter_pixel(r, g, b, parts, start: int, stop: int, brightness_table, contrast_table,
                  saturation: np.float32, hue_shift: int):
     """Apply ``parts[start:stop]`` to one pixel (ints 0..255) and return it."""
@@ -165,7 +165,7 @@ def active_parts(params) -> np.ndarray:
     return parts[:count]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def finish_pixel(r, g, b, parts, start: int, stop: int, brightness_table, contrast_table,
                  saturation: np.float32, hue_shift: int, gray: bool, threshold: int):
     """Jitter parts ``start:stop``, then grayscale (Pillow luma) and solarize (``>= threshold``
@@ -183,7 +183,7 @@ def finish_pixel(r, g, b, parts, start: int, stop: int, brightness_table, contra
     return r, g, b
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def pointwise_augment(image, params, gray: bool, threshold: int, flip: bool) -> None:
     """Colour jitter, grayscale, solarize and left-right flip of a C-contiguous uint8
     (H, W, 3) image, in place, in one pass over its pixels (two when contrast runs after
