@@ -4,11 +4,13 @@ Separate ops (flip, colour jitter, grayscale, blur, solarize) each walk over eve
 :class:`FusedViewAugment` takes those five ops and, for each view, makes exactly their
 decisions (same random streams, see :mod:`ffcv_bt.ops.view_op`), then runs:
 
-- one pixel-wise pass for jitter + grayscale + flip (+ solarize when there is no blur),
-  plus a read pass before it when contrast follows another jitter part (contrast needs the
-  mean luma of its input; :func:`ffcv_bt.ops.color_jitter.pointwise_augment`);
+- when the jitter applies, one pixel-wise pass for jitter + grayscale + flip (+ solarize
+  when there is no blur), plus a read pass before it when contrast follows another jitter
+  part (contrast needs the mean luma of its input;
+  :func:`ffcv_bt.ops.color_jitter.pointwise_augment`); otherwise the cheap grayscale,
+  solarize and flip passes that apply;
 - the blur's six box passes, with solarize folded into the last one
-  (:func:`ffcv_bt.ops.blur.gaussian_blur`), and the flip there when no pixel-wise pass ran.
+  (:func:`ffcv_bt.ops.blur.gaussian_blur`).
 
 Flip commutes with every pixel-wise op and with the (mirror-symmetric) blur, so the result
 is bit-identical to the five ops one after the other (tests/test_ops.py checks it).
@@ -26,11 +28,12 @@ from ffcv.pipeline.state import State
 from numba import njit
 
 from .blur import RandomGaussianBlurViews, gaussian_blur
-from .color_jitter import RandomColorJitterViews, active_parts, pointwise_augment
+from .color_jitter import RandomColorJitterViews, pointwise_augment
 from .flip import RandomFlipViews, hflip
-from .grayscale import RandomGrayscaleViews
+from .grayscale import RandomGrayscaleViews, to_grayscale
 from .rng import read_seed_epoch
 from .solarize import RandomSolarizeViews
+from .solarize import solarize as solarize_levels
 from .view_op import ViewOperation
 
 COMPONENTS = (RandomFlipViews, RandomColorJitterViews, RandomGrayscaleViews,
@@ -48,15 +51,18 @@ def augment_view(image, flip: bool, jitter, gray: bool, blur, solarize: bool,
     blurred = blur[0] != 0.0
     solarize_at = threshold if solarize else 256
     pointwise_at = 256 if blurred else solarize_at
-    params = jitter[1:] if jitter[0] != 0.0 else jitter[:0]
-    jittered = params.size > 0 and active_parts(params).size > 0
-    pointwise = jittered or gray or pointwise_at < 256
-    if pointwise:
-        pointwise_augment(image, params, gray, pointwise_at, flip)
+    if jitter[0] != 0.0:
+        pointwise_augment(image, jitter[1:], gray, pointwise_at, flip)
+    else:
+        # Each of these is a cheap vectorised pass; one generic loop for them measured slower.
+        if gray:
+            to_grayscale(image)
+        if pointwise_at < 256:
+            solarize_levels(image, pointwise_at)
+        if flip:
+            hflip(image)
     if blurred:
-        gaussian_blur(image, blur[1], flip and not pointwise, solarize_at)
-    elif flip and not pointwise:
-        hflip(image)
+        gaussian_blur(image, blur[1], False, solarize_at)
 
 
 class FusedViewAugment(Operation):
