@@ -17,12 +17,11 @@ Convert.c; torchvision's transforms/_functional_pil.py):
 - the four parts run in a uniformly random order (torchvision draws a permutation of 4).
 
 Everything is integer-exact or float32 in the same order of operations as Pillow's C code,
-so results match Pillow bit for bit (checked in tests/test_fidelity.py). One view is
-jittered in at most two passes over its pixels (:func:`pointwise_augment`, which also folds
-in grayscale, solarize and flip for the fused op): contrast needs the mean luma of the
-image it receives, so the parts before it run in a first pass that also sums the luma, and
-contrast and the parts after it in a second pass. Brightness and contrast are 256-entry
-tables; no temporary image is made.
+so results match Pillow bit for bit (checked in tests/test_fidelity.py). Each part is one
+pass over the view, in place (no temporary image): brightness and contrast are 256-entry
+tables (contrast first reads the mean luma of the image it receives), saturation and hue
+are loops written so that numba vectorises them. (One fused per-pixel loop over all parts
+measured slower: its branches keep the hue arithmetic from vectorising.)
 """
 from __future__ import annotations
 
@@ -32,8 +31,10 @@ from typing import Callable, Sequence
 import numpy as np
 from numba import njit
 
-from .grayscale import pil_luma
+from .flip import hflip
+from .grayscale import pil_luma, to_grayscale
 from .rng import STREAM_COLOR_JITTER, EpochSeed, uniform, uniform_range
+from .solarize import solarize
 from .view_op import ViewOperation
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
@@ -62,62 +63,54 @@ def blend_table(degenerate: int, factor: float) -> np.ndarray:
     return table
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def pil_rgb_to_hsv(r, g, b):
-    """Pillow's 8-bit RGB -> HSV of one pixel (Convert.c ``rgb2hsv_row``: float32 ratios,
-    double for the sector offset and the wrap, truncation to 8 bits)."""
-    maxc = max(r, max(g, b))
-    minc = min(r, min(g, b))
-    if maxc == minc:
-        return 0, 0, int(maxc)
-    chroma = np.float32(np.int32(maxc) - np.int32(minc))
-    s = chroma / np.float32(maxc)
-    rc = np.float32(np.int32(maxc) - np.int32(r)) / chroma
-    gc = np.float32(np.int32(maxc) - np.int32(g)) / chroma
-    bc = np.float32(np.int32(maxc) - np.int32(b)) / chroma
-    if r == maxc:
-        h = bc - gc
-    elif g == maxc:
-        h = np.float32(2.0 + np.float64(rc) - np.float64(bc))
-    else:
-        h = np.float32(4.0 + np.float64(gc) - np.float64(rc))
-    turns = np.float64(h) / 6.0 + 1.0  # in (0, 2): fmod(turns, 1) is exactly turns - floor(turns)
-    h = np.float32(turns - math.floor(turns))
-    hue = min(max(int(np.float64(h) * 255.0), 0), 255)
-    saturation = min(max(int(np.float64(s) * 255.0), 0), 255)
-    return hue, saturation, int(maxc)
+@njit(cache=True, nogil=True, error_model="numpy")
+def hue_rotate(image, shift: int) -> None:
+    """Pillow's RGB -> HSV, ``H += shift`` (mod 256), HSV -> RGB, of every pixel in place.
 
-
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _round_clip(x: float) -> int:
-    """C's ``round`` (half away from zero) of a non-negative value, clipped to 0..255."""
-    return min(max(int(math.floor(x + 0.5)), 0), 255)
-
-
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def pil_hsv_to_rgb(h, s, v):
-    """Pillow's 8-bit HSV -> RGB of one pixel (Convert.c ``hsv2rgb``)."""
-    if s == 0:
-        return int(v), int(v), int(v)
-    sector = int(math.floor(np.float64(h) * 6.0 / 255.0))
-    f = np.float32(np.float64(h) * 6.0 / 255.0 - np.float64(sector))
-    fs = np.float32(np.float64(s) / 255.0)
-    value = np.float64(v)
-    p = _round_clip(value * (1.0 - np.float64(fs)))
-    q = _round_clip(value * (1.0 - np.float64(fs * f)))
-    t = _round_clip(value * (1.0 - np.float64(fs) * (1.0 - np.float64(f))))
-    sector = sector % 6
-    if sector == 0:
-        return int(v), t, p
-    if sector == 1:
-        return q, int(v), p
-    if sector == 2:
-        return p, int(v), t
-    if sector == 3:
-        return p, q, int(v)
-    if sector == 4:
-        return t, p, int(v)
-    return int(v), p, q
+    The arithmetic is Pillow's (src/libImaging/Convert.c ``rgb2hsv_row`` and ``hsv2rgb``):
+    float32 ratios, double for the sector offset and the wrap, truncation to 8 bits on the
+    way in, C ``round`` (half away from zero) on the way out. It is written without branches
+    (every candidate computed, then selected) so numba vectorises the loop.
+    """
+    flat = image.reshape(-1)
+    for p in range(flat.size // 3):
+        r, g, b = np.int32(flat[3 * p]), np.int32(flat[3 * p + 1]), np.int32(flat[3 * p + 2])
+        maxc = max(r, max(g, b))
+        minc = min(r, min(g, b))
+        chroma = np.float32(max(maxc - minc, 1))
+        s = chroma / np.float32(max(maxc, 1))
+        rc = np.float32(maxc - r) / chroma
+        gc = np.float32(maxc - g) / chroma
+        bc = np.float32(maxc - b) / chroma
+        h_red = bc - gc
+        h_green = np.float32(2.0 + np.float64(rc) - np.float64(bc))
+        h_blue = np.float32(4.0 + np.float64(gc) - np.float64(rc))
+        h = h_red if r == maxc else (h_green if g == maxc else h_blue)
+        turns = np.float64(h) / 6.0 + 1.0  # in (0, 2): C's fmod(turns, 1) is turns - floor(turns)
+        h = np.float32(turns - math.floor(turns))
+        gray = maxc == minc
+        hue = 0 if gray else min(max(np.int32(np.float64(h) * 255.0), 0), 255)
+        sat = 0 if gray else min(max(np.int32(np.float64(s) * 255.0), 0), 255)
+        hue = (hue + shift) & 255
+        scaled = np.float64(hue) * 6.0 / 255.0
+        sector = np.int32(math.floor(scaled))
+        f = np.float32(scaled - np.float64(sector))
+        fs = np.float32(np.float64(sat) / 255.0)
+        v = np.float64(maxc)
+        lo = min(max(np.int32(math.floor(v * (1.0 - np.float64(fs)) + 0.5)), 0), 255)
+        falling = min(max(np.int32(math.floor(v * (1.0 - np.float64(fs * f)) + 0.5)), 0), 255)
+        rising = min(max(np.int32(math.floor(
+            v * (1.0 - np.float64(fs) * (1.0 - np.float64(f))) + 0.5)), 0), 255)
+        sector = sector % 6
+        red = maxc if (sector == 0 or sector == 5) else (
+            falling if sector == 1 else (rising if sector == 4 else lo))
+        green = rising if sector == 0 else (
+            maxc if (sector == 1 or sector == 2) else (falling if sector == 3 else lo))
+        blue = lo if (sector == 0 or sector == 1) else (
+            rising if sector == 2 else (maxc if (sector == 3 or sector == 4) else falling))
+        if sat == 0:
+            red, green, blue = maxc, maxc, maxc
+        flat[3 * p], flat[3 * p + 1], flat[3 * p + 2] = red, green, blue
 
 
 @njit(cache=True, nogil=True)
@@ -126,24 +119,33 @@ def hue_shift_levels(hue_factor: float) -> int:
     return int(hue_factor * 255.0) & 255
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def jitter_pixel(r, g, b, parts, start: int, stop: int, brightness_table, contrast_table,
-                 saturation: np.float32, hue_shift: int):
-    """Apply ``parts[start:stop]`` to one pixel (ints 0..255) and return it."""
-    for k in range(start, stop):
-        part = parts[k]
-        if part == BRIGHTNESS:
-            r, g, b = int(brightness_table[r]), int(brightness_table[g]), int(brightness_table[b])
-        elif part == CONTRAST:
-            r, g, b = int(contrast_table[r]), int(contrast_table[g]), int(contrast_table[b])
-        elif part == SATURATION:
-            gray = pil_luma(r, g, b)
-            r, g, b = (blend_level(gray, r, saturation), blend_level(gray, g, saturation),
-                       blend_level(gray, b, saturation))
-        else:
-            h, s, v = pil_rgb_to_hsv(r, g, b)
-            r, g, b = pil_hsv_to_rgb((h + hue_shift) & 255, s, v)
-    return r, g, b
+@njit(cache=True, nogil=True)
+def apply_table(image, table) -> None:
+    """Map every level of ``image`` through the 256-entry ``table``, in place."""
+    flat = image.reshape(-1)
+    for k in range(flat.size):
+        flat[k] = table[flat[k]]
+
+
+@njit(cache=True, nogil=True)
+def mean_luma_level(image) -> int:
+    """``int(mean + 0.5)`` of the Pillow "L" image (ImageEnhance.Contrast's degenerate level)."""
+    pixels = image.reshape(-1, 3)
+    total = 0
+    for p in range(pixels.shape[0]):
+        total += pil_luma(pixels[p, 0], pixels[p, 1], pixels[p, 2])
+    return int(total / pixels.shape[0] + 0.5)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def saturate(image, factor: float) -> None:
+    """``ImageEnhance.Color``: blend every pixel with its own Pillow luma, in place."""
+    pixels = image.reshape(-1, 3)
+    alpha = np.float32(factor)
+    for p in range(pixels.shape[0]):
+        gray = pil_luma(pixels[p, 0], pixels[p, 1], pixels[p, 2])
+        for c in range(3):
+            pixels[p, c] = blend_level(gray, pixels[p, c], alpha)
 
 
 @njit(cache=True, nogil=True)
@@ -165,83 +167,32 @@ def active_parts(params) -> np.ndarray:
     return parts[:count]
 
 
-@njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def finish_pixel(r, g, b, parts, start: int, stop: int, brightness_table, contrast_table,
-                 saturation: np.float32, hue_shift: int, gray: bool, threshold: int):
-    """Jitter parts ``start:stop``, then grayscale (Pillow luma) and solarize (``>= threshold``
-    inverted; 256 disables) of one pixel, in the reference's order."""
-    r, g, b = jitter_pixel(r, g, b, parts, start, stop, brightness_table, contrast_table,
-                           saturation, hue_shift)
-    if gray:
-        r = pil_luma(r, g, b)
-        g = r
-        b = r
-    if threshold < 256:
-        r = 255 - r if r >= threshold else r
-        g = 255 - g if g >= threshold else g
-        b = 255 - b if b >= threshold else b
-    return r, g, b
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True)
 def pointwise_augment(image, params, gray: bool, threshold: int, flip: bool) -> None:
-    """Colour jitter, grayscale, solarize and left-right flip of a C-contiguous uint8
-    (H, W, 3) image, in place, in one pass over its pixels (two when contrast runs after
-    another part: contrast needs the mean luma of the image it receives).
+    """Colour jitter, then grayscale, solarize and left-right flip of a C-contiguous uint8
+    (H, W, 3) image, in place, equal to the reference's PIL ops one after the other.
 
     ``params``: brightness, contrast, saturation factors, hue factor (NaN: part disabled),
-    then the four part ids in application order; ``params[4:]`` may be omitted (size 0:
-    no jitter). ``threshold`` 256 disables solarize. The result equals running the
-    reference's PIL ops one after the other (the flip commutes with every pixel-wise op).
+    then the four part ids in application order (an empty array: no jitter). ``threshold``
+    256 disables solarize. One vectorised or table pass per part (contrast adds a read pass
+    for the mean luma of the image it receives).
     """
-    height, width, _ = image.shape
-    pixels = image.reshape(-1, 3)
-    count = pixels.shape[0]
-    if params.size >= JITTER_PARAMS:
-        parts = active_parts(params)
-        brightness = params[BRIGHTNESS]
-        saturation = np.float32(params[SATURATION])
-        hue_shift = hue_shift_levels(params[HUE]) if not math.isnan(params[HUE]) else 0
-    else:
-        parts = np.empty(0, dtype=np.int64)
-        brightness = 1.0
-        saturation = np.float32(1.0)
-        hue_shift = 0
-    brightness_table = blend_table(0, 1.0 if math.isnan(brightness) else brightness)
-    contrast_table = brightness_table
-    split = 0  # parts[:split] run in a first pass that also sums the luma for contrast
-    for k in range(parts.size):
-        if parts[k] == CONTRAST:
-            split = k
-            luma_sum = 0
-            for p in range(count):
-                r, g, b = jitter_pixel(pixels[p, 0], pixels[p, 1], pixels[p, 2], parts, 0, k,
-                                       brightness_table, contrast_table, saturation, hue_shift)
-                if k > 0:
-                    pixels[p, 0], pixels[p, 1], pixels[p, 2] = r, g, b
-                luma_sum += pil_luma(r, g, b)
-            mean = int(luma_sum / count + 0.5)  # ImageStat's mean, rounded as ImageEnhance.Contrast
-            contrast_table = blend_table(mean, params[CONTRAST])
-    stop = parts.size
-    if not flip:
-        for p in range(count):
-            r, g, b = finish_pixel(pixels[p, 0], pixels[p, 1], pixels[p, 2], parts, split, stop,
-                                   brightness_table, contrast_table, saturation, hue_shift,
-                                   gray, threshold)
-            pixels[p, 0], pixels[p, 1], pixels[p, 2] = r, g, b
-        return
-    for y in range(height):
-        row = pixels[y * width:(y + 1) * width]
-        for x in range((width + 1) // 2):
-            mirror = width - 1 - x
-            r, g, b = finish_pixel(row[x, 0], row[x, 1], row[x, 2], parts, split, stop,
-                                   brightness_table, contrast_table, saturation, hue_shift,
-                                   gray, threshold)
-            r2, g2, b2 = finish_pixel(row[mirror, 0], row[mirror, 1], row[mirror, 2], parts,
-                                      split, stop, brightness_table, contrast_table, saturation,
-                                      hue_shift, gray, threshold)
-            row[x, 0], row[x, 1], row[x, 2] = r2, g2, b2
-            row[mirror, 0], row[mirror, 1], row[mirror, 2] = r, g, b
+    parts = active_parts(params) if params.size >= JITTER_PARAMS else np.empty(0, np.int64)
+    for part in parts:
+        if part == BRIGHTNESS:
+            apply_table(image, blend_table(0, params[BRIGHTNESS]))
+        elif part == CONTRAST:
+            apply_table(image, blend_table(mean_luma_level(image), params[CONTRAST]))
+        elif part == SATURATION:
+            saturate(image, params[SATURATION])
+        else:
+            hue_rotate(image, hue_shift_levels(params[HUE]))
+    if gray:
+        to_grayscale(image)
+    if threshold < 256:
+        solarize(image, threshold)
+    if flip:
+        hflip(image)
 
 
 @njit(cache=True, nogil=True)

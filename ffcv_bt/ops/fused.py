@@ -1,17 +1,18 @@
-"""All per-view augmentations of Barlow Twins in one FFCV op and as few passes as the maths allows.
+"""All per-view augmentations of Barlow Twins in one FFCV op.
 
 Separate ops (flip, colour jitter, grayscale, blur, solarize) each walk over every view.
 :class:`FusedViewAugment` takes those five ops and, for each view, makes exactly their
 decisions (same random streams, see :mod:`ffcv_bt.ops.view_op`), then runs:
 
-- when the jitter applies, one pixel-wise pass for jitter + grayscale + flip (+ solarize
-  when there is no blur), plus a read pass before it when contrast follows another jitter
-  part (contrast needs the mean luma of its input;
-  :func:`ffcv_bt.ops.color_jitter.pointwise_augment`); otherwise the cheap grayscale,
-  solarize and flip passes that apply;
+- the jitter's parts (one in-place pass each, :func:`ffcv_bt.ops.color_jitter.pointwise_augment`)
+  and the grayscale, solarize (when there is no blur) and flip passes that apply;
 - the blur's six box passes, with solarize folded into the last one
   (:func:`ffcv_bt.ops.blur.gaussian_blur`).
 
+Every pass works in place on the view (no temporary image) and vectorises or uses a
+256-entry table; fusing the jitter parts into one per-pixel loop measured slower (its
+branches keep the hue arithmetic from vectorising), so the gain over the five separate
+ops is one FFCV op and one decision loop instead of five, not fewer pixel passes.
 Flip commutes with every pixel-wise op and with the (mirror-symmetric) blur, so the result
 is bit-identical to the five ops one after the other (tests/test_ops.py checks it).
 """
