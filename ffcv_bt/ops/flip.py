@@ -31,6 +31,6 @@ class RandomFlipViews(ViewOperation):
         super().__init__(probabilities, seed, first_view)
 
     def view_kernel(self) -> Callable:
-        def flip_view(image, key):
+        def flip_view(image, params):
             hflip(image)
         return flip_view

@@ -1,4 +1,11 @@
-"""Random grayscale conversion, per view, in place."""
+"""Random grayscale conversion, per view, in place.
+
+The reference converts PIL images with ``img.convert("L")`` (torchvision's
+``rgb_to_grayscale`` on PIL images) and stacks the result into 3 channels. Pillow's "L"
+conversion is ITU-R 601-2 luma in 16-bit fixed point, ``L = (19595 R + 38470 G + 7471 B
++ 0x8000) >> 16`` (Pillow's src/libImaging/Convert.c, ``L24``; the weights are 0.299,
+0.587, 0.114 times 65536), which :func:`pil_luma` reproduces exactly.
+"""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -9,19 +16,23 @@ from numba import njit
 from .rng import STREAM_GRAYSCALE, EpochSeed
 from .view_op import ViewOperation
 
-# ITU-R BT.601 luma weights, as PIL's "L" mode (torchvision uses 0.2989 for red).
+# ITU-R BT.601 luma weights, as PIL's "L" mode (torchvision's tensor path uses 0.2989 for red).
 LUMA_R, LUMA_G, LUMA_B = 0.299, 0.587, 0.114
 
 
-@njit(cache=True, nogil=True, fastmath=True)
+@njit(cache=True, nogil=True, inline="always")
+def pil_luma(r, g, b) -> int:
+    """Pillow's "L" value of one RGB pixel (601-2 luma, 16-bit fixed point, rounded)."""
+    return (np.int32(r) * 19595 + np.int32(g) * 38470 + np.int32(b) * 7471 + 0x8000) >> 16
+
+
+@njit(cache=True, nogil=True)
 def to_grayscale(image) -> None:
-    """Replace each pixel of an (H, W, 3) uint8 image by its 601 luma, rounded, on all 3 channels."""
+    """Replace each pixel of an (H, W, 3) uint8 image by its Pillow luma, on all 3 channels."""
     height, width, _ = image.shape
     for y in range(height):
         for x in range(width):
-            luma = (LUMA_R * np.float32(image[y, x, 0]) + LUMA_G * np.float32(image[y, x, 1])
-                    + LUMA_B * np.float32(image[y, x, 2]))
-            value = np.uint8(min(luma + 0.5, 255.0))
+            value = np.uint8(pil_luma(image[y, x, 0], image[y, x, 1], image[y, x, 2]))
             image[y, x, 0] = value
             image[y, x, 1] = value
             image[y, x, 2] = value
@@ -36,6 +47,6 @@ class RandomGrayscaleViews(ViewOperation):
         super().__init__(probabilities, seed, first_view)
 
     def view_kernel(self) -> Callable:
-        def grayscale_view(image, key):
+        def grayscale_view(image, params):
             to_grayscale(image)
         return grayscale_view

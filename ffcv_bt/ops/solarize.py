@@ -1,4 +1,9 @@
-"""Random solarization, per view, in place."""
+"""Random solarization, per view, in place.
+
+The reference calls ``PIL.ImageOps.solarize(img, threshold=128)``: a lookup table that
+maps every level ``v >= threshold`` to ``255 - v`` and keeps the others (Pillow's
+ImageOps.py), which :func:`solarize` applies.
+"""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -12,7 +17,7 @@ from .view_op import ViewOperation
 
 @njit(cache=True, nogil=True)
 def solarize(image, threshold: int) -> None:
-    """Invert, in place, every uint8 value ``x >= threshold`` to ``255 - x`` (torchvision's rule)."""
+    """Invert, in place, every uint8 value ``x >= threshold`` to ``255 - x`` (Pillow's rule)."""
     table = np.arange(256, dtype=np.uint8)
     for value in range(threshold, 256):
         table[value] = 255 - value
@@ -31,7 +36,7 @@ class RandomSolarizeViews(ViewOperation):
 
     stream = STREAM_SOLARIZE
 
-    def __init__(self, probabilities: Sequence[float], seed: EpochSeed, threshold: int = 128,
+    def __init__(self, probabilities: Sequence[float], seed: EpochSeed, threshold: int,
                  first_view: int = 0):
         super().__init__(probabilities, seed, first_view)
         if not 0 <= threshold <= 256:
@@ -41,6 +46,6 @@ class RandomSolarizeViews(ViewOperation):
     def view_kernel(self) -> Callable:
         threshold = self.threshold
 
-        def solarize_view(image, key):
+        def solarize_view(image, params):
             solarize(image, threshold)
         return solarize_view

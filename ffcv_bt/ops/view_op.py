@@ -2,10 +2,12 @@
 
 The two-view decoder stores both crops of a sample side by side, so one op call handles
 both views, each with its own probability (view 1 and view 2 of Barlow Twins differ in
-blur and solarize). An op decides for each ``(sample, view)`` whether to apply with the
-first number of its random stream, and its parameters come from the following numbers of
-that stream (see :mod:`ffcv_bt.ops.rng`). Ops work in place: the batch is the decoder's
-buffer for this batch slot, so no extra copy is needed.
+blur and solarize). For each ``(sample, view)`` an op first *decides* (a pure function of
+the seed, epoch, sample index and view; see :mod:`ffcv_bt.ops.rng`): the first number of
+its random stream says whether to apply, the following numbers are its parameters. The
+decision is one compiled function shared by the FFCV code and :meth:`ViewOperation.draws`,
+so tests check the very draws the loader uses. Ops work in place: the batch is the
+decoder's buffer for this batch slot, so no extra copy is needed.
 """
 from __future__ import annotations
 
@@ -30,6 +32,28 @@ def check_probabilities(name: str, probabilities: Sequence[float]) -> np.ndarray
     return values
 
 
+def no_params(key: np.uint64) -> np.ndarray:
+    """Parameter draw of an op without parameters (flip, grayscale, solarize)."""
+    return np.empty(0, dtype=np.float64)
+
+
+def make_decide(stream: int, first_view: int, probabilities: np.ndarray, draw: Callable) -> Callable:
+    """``decide(seed, epoch, sample, v) -> params``: the decision for view ``v`` of the batch.
+
+    ``params[0]`` is 1.0 when the op applies (first number of the stream below the view's
+    probability), else 0.0; ``params[1:]`` are the op's parameters from ``draw(key)``
+    (counters >= 1), drawn either way so that they never depend on the decision.
+    """
+    def decide(seed, epoch, sample, v):
+        key = stream_key(seed, epoch, sample, first_view + v, stream)
+        drawn = draw(key)
+        params = np.empty(drawn.size + 1, dtype=np.float64)
+        params[0] = 1.0 if uniform(key, 0) < probabilities[v] else 0.0
+        params[1:] = drawn
+        return params
+    return decide
+
+
 class ViewOperation(Operation):
     """Apply ``view_kernel`` in place to each view of each sample with a per-view probability.
 
@@ -52,28 +76,45 @@ class ViewOperation(Operation):
 
     @abstractmethod
     def view_kernel(self) -> Callable:
-        """A function ``kernel(image, key)`` transforming one (H, W, 3) uint8 view in place.
+        """A function ``kernel(image, params)`` transforming one (H, W, 3) uint8 view in place;
+        ``params`` is the array returned by :meth:`view_draw`."""
 
-        ``key`` is the view's random stream; draw parameters with counters >= 1
-        (counter 0 decided whether to apply).
+    def view_draw(self) -> Callable:
+        """A plain function ``draw(key) -> float64 array`` of the op's parameters, calling only
+        numba functions (it is compiled with FFCV's ``Compiler``)."""
+        return no_params
+
+    def decide_function(self) -> Callable:
+        """The compiled-or-plain (see ``Compiler``) ``decide`` of :func:`make_decide`."""
+        draw = Compiler.compile(self.view_draw())
+        return Compiler.compile(make_decide(self.stream, self.first_view, self.probabilities, draw))
+
+    def draws(self, samples: Sequence[int], epoch: int = 0) -> np.ndarray:
+        """The decisions the op makes for ``samples`` in ``epoch`` (for tests and audits).
+
+        Returns ``(len(samples), views, 1 + k)`` float64: ``[..., 0]`` is 1.0 where the op
+        applies, ``[..., 1:]`` its ``k`` parameters. Uses the seed but not the epoch held by
+        :attr:`seed`.
         """
+        decide = self.decide_function()
+        rows = [[decide(np.uint64(self.seed.seed), np.uint64(epoch), np.uint64(s), v)
+                 for v in range(len(self.probabilities))] for s in samples]
+        return np.array(rows, dtype=np.float64)
 
     def generate_code(self) -> Callable:
         kernel = Compiler.compile(self.view_kernel())
+        decide = self.decide_function()
         read_seed = Compiler.compile(read_seed_epoch)
         my_range = Compiler.get_iterator()
-        probabilities = self.probabilities
-        first_view = self.first_view
-        stream = self.stream
         address = self.seed.address
 
         def apply_to_views(images, _unused_dst, indices):
             seed, epoch = read_seed(address)
             for i in my_range(images.shape[0]):
                 for v in range(images.shape[1]):
-                    key = stream_key(seed, epoch, indices[i], first_view + v, stream)
-                    if uniform(key, 0) < probabilities[v]:
-                        kernel(images[i, v], key)
+                    params = decide(seed, epoch, indices[i], v)
+                    if params[0] != 0.0:
+                        kernel(images[i, v], params[1:])
             return images
 
         apply_to_views.is_parallel = True
