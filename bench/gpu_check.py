@@ -279,7 +279,7 @@ def step_benchmark(plan: Plan, device: torch.device, compile_deadline: float = m
         elif eager is not None:
             records.append(measure(res, eager["channels_last"], eager["precision"], True))
     torch._dynamo.reset()
-    del model, initial
+    model = initial = None  # free the model before returning
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return records

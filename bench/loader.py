@@ -4,18 +4,17 @@ Claim measured: on the same JPEGs with the same number of workers, our FFCV two-
 Twins loader delivers several times the augmented pairs per second of the reference
 torchvision + PIL DataLoader, and approaches the bound set by JPEG decoding alone.
 
-Prints, in one run: (a) ours, pairs/s; (b) the reference (PIL RandomResizedCrop bicubic,
+Prints, in one run: (a) ours (per-view ops fused into one FFCV op, ``ffcv_bt.ops.fused``),
+pairs/s; (b) the reference (PIL RandomResizedCrop bicubic,
 flip, ColorJitter p=0.8, grayscale 0.2, blur 1.0/0.1, solarize 0.0/0.2, ToTensor,
 Normalize; torch DataLoader), pairs/s; (c) FFCV decode + one random-resized crop without
 augmentation, images/s; (d) ours with FFCV's stock two pipelines (each image decoded twice),
-pairs/s; (e) ours with the per-view ops fused into one op (``ffcv_bt.ops.fused``: one
-FFCV op, few passes per view; the loader is built with its per-view ops passed through
-``fuse_view_ops`` when it does not fuse them itself). Epochs run round robin (one of each pipeline per round) so that load changes on a
+pairs/s. Epochs run round robin (one of each pipeline per round) so that load changes on a
 shared machine hit all pipelines alike. The first (JIT-compiling / worker-starting) epoch
 is shown apart; the figures are the median [min-max] of the following epochs. Our
 pipelines normalise on the CPU here, in the main thread; (a') shows ours without that
 step, as a GPU machine (which normalises on the device) would see it. The last line
-uses (a), and (e) gets its own.
+uses (a).
 
 Usage: python bench/loader.py [--data IMAGEFOLDER] [--res 224] [--workers 2] [--epochs 3]
 Without --data, ~2000 synthetic photo-like JPEGs (about 256x340, quality 90) are generated
@@ -150,27 +149,6 @@ class ReferencePairs:
 
 
 # ----- timing ----------------------------------------------------------------------------------
-def fused_loader(beton: Path, common: dict):
-    """Our loader with its per-view ops fused into one ``FusedViewAugment``.
-
-    When ``pretrain_loader.view_transforms`` does not fuse them itself, it is wrapped with
-    ``fuse_view_ops`` while this loader is built (FFCV compiles the ops it is given then).
-    """
-    from ffcv_bt.data import pretrain_loader
-    from ffcv_bt.ops.fused import FusedViewAugment, fuse_view_ops
-    from ffcv_bt.ops.rng import EpochSeed
-
-    original = pretrain_loader.view_transforms
-    probe = original(common["aug"], EpochSeed(0), slice(0, 2))
-    if any(isinstance(op, FusedViewAugment) for op in probe):
-        return pretrain_loader.make_pretrain_loader(beton, **common)
-    pretrain_loader.view_transforms = lambda *args, **kwargs: fuse_view_ops(original(*args, **kwargs))
-    try:
-        return pretrain_loader.make_pretrain_loader(beton, **common)
-    finally:
-        pretrain_loader.view_transforms = original
-
-
 def time_epoch(iterable: Iterable, label: str) -> float:
     """Items (first dimension of each batch's first tensor) per second over one pass."""
     start = time.perf_counter()
@@ -213,13 +191,14 @@ def main(argv: list[str] | None = None) -> None:
     from ffcv.loader import Loader, OrderOption
     from ffcv.transforms import ToTensor
 
+    from ffcv_bt.config import RULES_DIR, load_recipe
     from ffcv_bt.data.pretrain_loader import AugmentationParams, make_pretrain_loader
 
-    common = dict(batch_size=args.batch_size, num_workers=args.workers, aug=AugmentationParams(),
-                  res=args.res, seed=0, device="cpu")
-    ours = make_pretrain_loader(beton, **common)
+    reference_aug = AugmentationParams.from_config(load_recipe(RULES_DIR / "base.yaml")["aug"])
+    common = dict(batch_size_per_rank=args.batch_size, num_workers=args.workers,
+                  aug=reference_aug, res=args.res, seed=0, device="cpu")
+    ours = make_pretrain_loader(beton, **common)  # per-view ops fused (ffcv_bt/ops/fused.py)
     twice = make_pretrain_loader(beton, decode_once=False, **common)
-    fused = fused_loader(beton, common)
     decode_only = Loader(str(beton), batch_size=args.batch_size, num_workers=args.workers,
                          order=OrderOption.RANDOM, seed=0, drop_last=True,
                          pipelines={"image": [RandomResizedCropRGBImageDecoder((args.res, args.res)),
@@ -236,7 +215,6 @@ def main(argv: list[str] | None = None) -> None:
         "(b) reference: PIL + torchvision DataLoader": (lambda: reference, "pairs/s"),
         "(c) bound: FFCV decode + 1 crop, no aug": (lambda: decode_only, "images/s"),
         "(d) ours with FFCV stock 2 pipelines": (lambda: twice, "pairs/s"),
-        "(e) ours, per-view ops fused": (lambda: fused, "pairs/s"),
     }
     # Round robin, one epoch of each per round, so a change in machine load hits all alike.
     rates: dict[str, list[float]] = {name: [] for name in pipelines}
@@ -256,9 +234,6 @@ def main(argv: list[str] | None = None) -> None:
     decode_median = statistics.median(rates["(c) bound: FFCV decode + 1 crop, no aug"][1:])
     print(f"loader ratio ours/reference: {ours_median / reference_median:.2f} "
           f"(decode-bound fraction: {ours_median / decode_median:.2f})")
-    fused_median = statistics.median(rates["(e) ours, per-view ops fused"][1:])
-    print(f"loader ratio fused/reference: {fused_median / reference_median:.2f} "
-          f"(decode-bound fraction: {fused_median / decode_median:.2f})")
 
 
 if __name__ == "__main__":

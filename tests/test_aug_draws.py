@@ -2,7 +2,7 @@
 
 Tests of the kernels (tests/test_ops.py) cannot see a wrong distribution of parameters.
 These take the per-view ops exactly as the pretraining loader builds them
-(``pretrain_loader.view_transforms`` with the default ``AugmentationParams``), ask each op
+(``pretrain_loader.view_transforms`` with rules/base.yaml's augmentations), ask each op
 for the decisions it makes for thousands of sample indices (``ViewOperation.draws``: the
 same compiled ``decide`` the FFCV code runs) and compare their distributions with the
 reference's: per-view application rates, factor ranges, the jitter order, blur sigmas.
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from ffcv.pipeline.compiler import Compiler
 
+from ffcv_bt.config import RULES_DIR, load_recipe
 from ffcv_bt.data.pretrain_loader import AugmentationParams, view_transforms
 from ffcv_bt.ops.blur import RandomGaussianBlurViews
 from ffcv_bt.ops.color_jitter import BRIGHTNESS, CONTRAST, HUE, SATURATION, RandomColorJitterViews
@@ -41,7 +42,7 @@ def loader_ops(layout: str) -> dict[type, list]:
     """op type -> [op for view 1, op for view 2], and the view index of each in its op,
     as the loader builds them in the decode-once layout or the stock two-pipeline one."""
     seed = EpochSeed(SEED)
-    aug = AugmentationParams()
+    aug = AugmentationParams.from_config(load_recipe(RULES_DIR / "base.yaml")["aug"])
     if layout == "decode_once":
         pipelines = [(view_transforms(aug, seed, slice(0, 2)), (0, 1))]
     else:

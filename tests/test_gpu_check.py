@@ -2,7 +2,6 @@
 its checks compared real numbers (recomputed here from what it recorded)."""
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess

@@ -23,7 +23,7 @@ arrays with the loop counter only, so numba vectorises them.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from numba import njit
@@ -247,15 +247,12 @@ class RandomGaussianBlurViews(ViewOperation):
     Parameters
     ----------
     sigma_range : sigma ~ U(low, high) in pixels of the output (reference: 0.1 to 2.0).
-    kernel_fraction : ignored, kept for callers of the earlier sampled-kernel blur (Pillow's
-        box passes need no kernel size).
     """
 
     stream = STREAM_BLUR
 
     def __init__(self, probabilities: Sequence[float], seed: EpochSeed,
-                 sigma_range: tuple[float, float], kernel_fraction: Optional[float] = None,
-                 first_view: int = 0):
+                 sigma_range: tuple[float, float], first_view: int = 0):
         super().__init__(probabilities, seed, first_view)
         low, high = sigma_range
         if not 0 < low <= high:

@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable, Optional, Sequence, Tuple
 
-import numpy as np
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
