@@ -73,7 +73,7 @@ def synthetic_folder(cache: Path, num_images: int, classes: int = 10) -> Path:
 
 
 def folder_samples(folder: Path, limit: int | None) -> list:
-    from ffcv_bt.data.write import list_classes, scan_split
+    from ffcv_bt.data.image_folder import list_classes, scan_split
 
     classes, _ = list_classes(folder)
     samples, _ = scan_split(folder, classes)

@@ -317,7 +317,8 @@ def evaluate(recipe: Recipe, protocol: str, weights: str, out_dir: str | Path,
 
 
 def main(argv: list[str]) -> int:
-    """``python -m ffcv_bt.evaluate --config RECIPE --protocol linear --weights PATH|random --out DIR``."""
+    """``python -m ffcv_bt.evaluate --config RECIPE --protocol linear --weights PATH|random
+    --out DIR [--record]``."""
     import argparse
 
     from ffcv_bt.config import load_recipe, parse_overrides
@@ -325,19 +326,60 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="recipe YAML (data and model keys)")
-    parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
+    parser.add_argument("--protocol", required=True, choices=PROTOCOLS + ("knn",))
     parser.add_argument("--weights", required=True,
-                        help="backbone: our checkpoint/.pth, a torchvision state dict, or 'random'")
+                        help="backbone: our checkpoint/.pth, a torchvision state dict (e.g. the "
+                        "released Barlow Twins ResNet-50), or 'random'")
     parser.add_argument("--out", required=True, help="output folder (resumes)")
+    parser.add_argument("--record", action="store_true",
+                        help="append the result to runs.csv as an 'external' checkpoint row "
+                        "(no pretraining cost) and regenerate the tables")
+    parser.add_argument("--results-dir", default=None, help="where runs.csv lives (default: "
+                        "the repository's results/)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     args, rest = parser.parse_known_args(argv)
     recipe = load_recipe(args.config, parse_overrides(rest))
     with process_group() as dist:
-        result = evaluate(recipe, args.protocol, args.weights, args.out, dist)
+        if args.protocol == "knn":
+            from ffcv_bt.knn_eval import evaluate_knn
+
+            result = evaluate_knn(recipe, args.weights, args.out, dist)
+        else:
+            result = evaluate(recipe, args.protocol, args.weights, args.out, dist)
     if dist.is_main:
         print(f"{args.protocol}: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}% "
               f"(best top-1 {result['best_top1']:.2f}% at epoch {result['best_epoch']})")
+        if args.record:
+            record_external(recipe, args.protocol, args.weights, Path(args.out), result,
+                            Path(args.results_dir) if args.results_dir else None)
     return 0
+
+
+def record_external(recipe: Recipe, protocol: str, weights: str, out_dir: Path,
+                    result: dict[str, Any], results_dir: Path | None) -> None:
+    """Append an evaluated external checkpoint to runs.csv (backbone "external", no
+    pretraining cost) and regenerate the tables."""
+    from ffcv_bt.accounting import code_version
+    from ffcv_bt.config import REPO_ROOT
+    from ffcv_bt.results import generate
+    from ffcv_bt.runs_csv import append_run_row, evaluation_row
+
+    if weights == "random":
+        raise ConfigError("--record is for a checkpoint file; the random control is recorded "
+                          "by run.py beside its pretrained row")
+    results_dir = results_dir or REPO_ROOT / "results"
+    code = code_version(REPO_ROOT)
+    row = evaluation_row(
+        run_id=f"external-{Path(weights).stem}-{out_dir.name}", recipe=recipe.name,
+        dataset=Manifest.read(recipe["data"]["dir"]).dataset_fields(),
+        seed=recipe["train"]["seed"], protocol=protocol, backbone="external", epochs=0,
+        result=result, pretrain_gpu_hours=0.0, device=result["device"],
+        n_devices=result["n_devices"],
+        git_sha=code["git_sha"] + ("-dirty" if code.get("dirty") else ""), run_dir=out_dir,
+        repo_root=REPO_ROOT)
+    append_run_row(results_dir / "runs.csv", row)
+    generate(results_dir)
+    print(f"recorded in {results_dir / 'runs.csv'} as an external checkpoint")
 
 
 if __name__ == "__main__":

@@ -397,12 +397,20 @@ def generate(results_dir: str | os.PathLike) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m ffcv_bt.results [--results-dir results]``."""
+    """CLI: ``python -m ffcv_bt.results [--results-dir results] [--compare RUN_A RUN_B]``."""
     parser = argparse.ArgumentParser(
         description="Regenerate results/README.md and results/cost_accuracy.png from runs.csv.")
     parser.add_argument("--results-dir", type=Path, default=Path("results"),
                         help="folder holding runs.csv; README.md and cost_accuracy.png go there")
+    parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                        help="print two run folders' configuration differences and results "
+                        "side by side instead")
     args = parser.parse_args(argv)
+    if args.compare:
+        from ffcv_bt.compare_runs import compare_runs
+
+        print(compare_runs(*args.compare))
+        return
     generate(args.results_dir)
     print(f"wrote {args.results_dir / 'README.md'} and {args.results_dir / 'cost_accuracy.png'} "
           f"from {args.results_dir / 'runs.csv'}")

@@ -86,7 +86,7 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
     from ffcv_bt.data.manifest import Manifest
     from ffcv_bt.pretrain import pretrain
     from ffcv_bt.results import generate
-    from ffcv_bt.runs_csv import append_run_row, relative_run_dir
+    from ffcv_bt.runs_csv import append_run_row, evaluation_row
 
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = _load_metadata(recipe, run_dir, dist)
@@ -117,9 +117,7 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
         raise RunFolderError(f"{pretrain_file} not found: evaluations need a finished "
                              f"pretraining stage in this run folder (add 'pretrain' to --stages)")
 
-    manifest = Manifest.read(recipe["data"]["dir"])
-    dataset = {"dataset": manifest.dataset_label(), "dataset_classes": len(manifest.classes),
-               "dataset_train_images": manifest.num_images("train")}
+    dataset = Manifest.read(recipe["data"]["dir"]).dataset_fields()
     rows = []
     for key, protocol, kind in evaluations:
         weights = str(backbone_path) if kind == "pretrained" else kind
@@ -129,17 +127,14 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
         stage.update({"device_hours": result["device_hours"],
                       "device_seconds": result["device_seconds"], "result": result})
         stage.setdefault("wall_seconds_this_call", time.time() - start)
-        row = {
-            "run_id": meta["run_id"], "recipe": recipe.name, "protocol": protocol,
-            "backbone": kind, "epochs": recipe["optim"]["epochs"] if kind == "pretrained" else 0,
-            "top1": result["top1"], "top5": result["top5"], "best_top1": result["best_top1"],
-            "pretrain_gpu_hours": pretrain_hours if kind == "pretrained" else 0.0,
-            "eval_gpu_hours": result["device_hours"], "device": meta["device"],
-            "n_devices": meta["n_devices"],
-            "git_sha": meta["code"]["git_sha"] + ("-dirty" if meta["code"].get("dirty") else ""),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "run_dir": relative_run_dir(run_dir, REPO_ROOT), **dataset, "seed": recipe["train"]["seed"],
-        }
+        row = evaluation_row(
+            run_id=meta["run_id"], recipe=recipe.name, dataset=dataset,
+            seed=recipe["train"]["seed"], protocol=protocol, backbone=kind,
+            epochs=recipe["optim"]["epochs"] if kind == "pretrained" else 0, result=result,
+            pretrain_gpu_hours=pretrain_hours if kind == "pretrained" else 0.0,
+            device=meta["device"], n_devices=meta["n_devices"],
+            git_sha=meta["code"]["git_sha"] + ("-dirty" if meta["code"].get("dirty") else ""),
+            run_dir=run_dir, repo_root=REPO_ROOT)
         if dist.is_main and not stage.get("appended_to_runs_csv"):
             append_run_row(results_dir / "runs.csv", row)
             stage["appended_to_runs_csv"] = True

@@ -168,6 +168,23 @@ def relative_run_dir(run_dir: str | os.PathLike, repo_root: str | os.PathLike) -
         return str(run_dir)
 
 
+def evaluation_row(*, run_id: str, recipe: str, dataset: dict, seed: int, protocol: str,
+                   backbone: str, epochs: int, result: dict, pretrain_gpu_hours: float,
+                   device: str, n_devices: int, git_sha: str, run_dir: str | os.PathLike,
+                   repo_root: str | os.PathLike) -> dict:
+    """One runs.csv row for an evaluation's ``result`` (its result.json); ``dataset`` holds
+    dataset, dataset_classes and dataset_train_images (from the data folder's manifest)."""
+    import time
+
+    return {"run_id": run_id, "recipe": recipe, **dataset, "seed": seed, "protocol": protocol,
+            "backbone": backbone, "epochs": epochs, "top1": result["top1"],
+            "top5": result["top5"], "best_top1": result.get("best_top1"),
+            "pretrain_gpu_hours": pretrain_gpu_hours, "eval_gpu_hours": result["device_hours"],
+            "device": device, "n_devices": n_devices, "git_sha": git_sha,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "run_dir": relative_run_dir(run_dir, repo_root)}
+
+
 def _csv_line(values: list) -> bytes:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerow(values)

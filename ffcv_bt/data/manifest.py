@@ -104,3 +104,8 @@ class Manifest:
         if name in ("images", ""):
             name = self.data_dir.name
         return f"{name} ({len(self.classes)} classes, {self.num_images('train'):,} train)"
+
+    def dataset_fields(self) -> dict[str, Any]:
+        """The data-set columns of a runs.csv row (see ffcv_bt.runs_csv)."""
+        return {"dataset": self.dataset_label(), "dataset_classes": len(self.classes),
+                "dataset_train_images": self.num_images("train")}
