@@ -32,7 +32,7 @@ from numba import njit
 from .rng import STREAM_CROP, EpochSeed, read_seed_epoch, stream_key, uniform_range
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def random_crop_box(height: int, width: int, scale_low: float, scale_high: float,
                     log_ratio_low: float, log_ratio_high: float, key: np.uint64):
     """Top, left, height, width of a random-resized-crop box (torchvision's algorithm)."""

@@ -9,7 +9,7 @@ from .rng import STREAM_FLIP, EpochSeed
 from .view_op import ViewOperation
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def hflip(image) -> None:
     """Mirror an (H, W, C) image left-right in place."""
     height, width, channels = image.shape

@@ -40,7 +40,7 @@ COMPONENTS = (RandomFlipViews, RandomColorJitterViews, RandomGrayscaleViews,
               RandomGaussianBlurViews, RandomSolarizeViews)
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def augment_view(image, flip: bool, jitter, gray: bool, blur, solarize: bool,
                  threshold: int) -> None:
     """Apply the decided ops to one C-contiguous (H, W, 3) uint8 view, in place.

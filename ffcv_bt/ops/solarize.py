@@ -15,7 +15,7 @@ from .rng import STREAM_SOLARIZE, EpochSeed
 from .view_op import ViewOperation
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def solarize(image, threshold: int) -> None:
     """Invert, in place, every uint8 value ``x >= threshold`` to ``255 - x`` (Pillow's rule)."""
     table = np.arange(256, dtype=np.uint8)
