@@ -85,13 +85,6 @@ def sum_over_ranks_(tensor: Tensor) -> Tensor:
     return tensor
 
 
-def max_over_ranks_(tensor: Tensor) -> Tensor:
-    """In-place maximum across ranks, outside autograd (agreeing on a stop flag)."""
-    if world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor
-
-
 def gather_rows(tensor: Tensor) -> Tensor:
     """Every rank's rows concatenated in rank order, outside autograd (row counts may differ)."""
     if world_size() == 1:
