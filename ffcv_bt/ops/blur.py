@@ -26,7 +26,7 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
-from numba import njit
+from .jit import kernel
 
 from .flip import hflip
 from .rng import STREAM_BLUR, EpochSeed, uniform_range
@@ -38,7 +38,7 @@ _ONE = np.float32(1.0)
 _TWO = np.float32(2.0)
 
 
-@njit(nogil=True)
+@kernel
 def pil_box_radius(sigma: float, passes: int) -> np.float32:
     """Pillow's fractional box radius whose ``passes`` box passes approximate ``sigma``.
 
@@ -54,7 +54,7 @@ def pil_box_radius(sigma: float, passes: int) -> np.float32:
     return whole + part
 
 
-@njit(nogil=True)
+@kernel
 def box_weights(radius: np.float32):
     """(integer radius, weight of the inner pixels, weight of the two edge pixels), 2**24 = 1."""
     whole = int(radius)
@@ -68,14 +68,14 @@ _HALF = np.uint32(1 << 23)
 _SHIFT = np.uint32(24)
 
 
-@njit(nogil=True, inline="always")
+@kernel(inline="always")
 def _box_level(total, edges, inner, edge):
     """``(inner * total + edge * edges + 2**23) >> 24`` in uint32 (Pillow's ``SAVE``); the
     exact result is below 2**32, so the wrapping uint32 products give it exactly."""
     return np.uint8(_U32(_U32(_U32(total * inner) + _U32(edges * edge)) + _HALF) >> _SHIFT)
 
 
-@njit(nogil=True)
+@kernel
 def _pad_edges(padded, length: int, step: int, channels: int) -> None:
     """Fill the ``step`` bytes on each side of ``padded[step:step + length]`` with copies of
     its first and last pixel (Pillow repeats edge pixels)."""
@@ -85,7 +85,7 @@ def _pad_edges(padded, length: int, step: int, channels: int) -> None:
             padded[step + length + k + c] = padded[step + length - channels + c]
 
 
-@njit(nogil=True)
+@kernel
 def _pad_rows(lines, height: int, stride: int, length: int, step: int, channels: int) -> None:
     """:func:`_pad_edges` for ``height`` padded lines laid end to end, ``stride`` apart."""
     for y in range(height):
@@ -97,7 +97,7 @@ def _pad_rows(lines, height: int, stride: int, length: int, step: int, channels:
                 lines[end + channels + k + c] = lines[end + c]
 
 
-@njit(nogil=True)
+@kernel
 def _box_line(padded, out, length: int, radius: int, channels: int, inner, edge) -> None:
     """One box pass over a padded line (``radius + 1`` edge pixels each side) into ``out``.
 
@@ -130,7 +130,7 @@ def _box_line(padded, out, length: int, radius: int, channels: int, inner, edge)
                 total = _U32(_U32(total + _U32(padded[j + 2 * step])) - _U32(padded[j + channels]))
 
 
-@njit(nogil=True)
+@kernel
 def box_passes_horizontal(rows, radius: int, inner, edge, channels: int, passes: int):
     """``passes`` box passes along each row of ``rows`` (H, W * C) uint8.
 
@@ -167,7 +167,7 @@ def box_passes_horizontal(rows, radius: int, inner, edge, channels: int, passes:
     return source, target, step, stride
 
 
-@njit(nogil=True)
+@kernel
 def box_pass_vertical(src, src_offset: int, src_stride: int, dst, dst_offset: int,
                       dst_stride: int, height: int, length: int, radius: int, inner, edge,
                       threshold: int) -> None:
@@ -205,7 +205,7 @@ def box_pass_vertical(src, src_offset: int, src_stride: int, dst, dst_offset: in
             out[j] = np.uint8(255 - value) if value >= top else value
 
 
-@njit(nogil=True)
+@kernel
 def gaussian_blur(image, sigma: float, flip: bool = False, threshold: int = 256) -> None:
     """Blur an (H, W, 3) uint8 image in place exactly as Pillow's ``GaussianBlur(sigma)``.
 
@@ -235,7 +235,7 @@ def gaussian_blur(image, sigma: float, flip: bool = False, threshold: int = 256)
                       inner, edge, threshold)
 
 
-@njit(nogil=True)
+@kernel
 def blur_sigma(key: np.uint64, low: float, high: float) -> float:
     """The blur's sigma for stream ``key``: U(low, high) from counter 1 (counter 0 decides)."""
     return uniform_range(key, 1, low, high)

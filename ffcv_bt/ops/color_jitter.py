@@ -29,7 +29,7 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
-from numba import njit
+from .jit import kernel
 
 from .flip import hflip
 from .grayscale import pil_luma, to_grayscale
@@ -41,7 +41,7 @@ BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 JITTER_PARAMS = 8  # brightness, contrast, saturation factors, hue shift, then the order (4)
 
 
-@njit(nogil=True, error_model="numpy", inline="always")
+@kernel(inline="always")
 def blend_level(degenerate, value, alpha: np.float32) -> int:
     """Pillow's ``Image.blend`` on one level: ``degenerate + alpha * (value - degenerate)``
     in float32, clipped to [0, 255], truncated."""
@@ -53,7 +53,7 @@ def blend_level(degenerate, value, alpha: np.float32) -> int:
     return int(t)
 
 
-@njit(nogil=True)
+@kernel
 def blend_table(degenerate: int, factor: float) -> np.ndarray:
     """``blend_level(degenerate, v, factor)`` for v = 0..255 (brightness: degenerate 0)."""
     table = np.empty(256, dtype=np.uint8)
@@ -63,7 +63,7 @@ def blend_table(degenerate: int, factor: float) -> np.ndarray:
     return table
 
 
-@njit(nogil=True, error_model="numpy")
+@kernel
 def hue_rotate(image, shift: int) -> None:
     """Pillow's RGB -> HSV, ``H += shift`` (mod 256), HSV -> RGB, of every pixel in place.
 
@@ -113,13 +113,13 @@ def hue_rotate(image, shift: int) -> None:
         flat[3 * p], flat[3 * p + 1], flat[3 * p + 2] = red, green, blue
 
 
-@njit(nogil=True)
+@kernel
 def hue_shift_levels(hue_factor: float) -> int:
     """torchvision's shift of Pillow's 8-bit H: ``int(hue_factor * 255)`` (towards 0), mod 256."""
     return int(hue_factor * 255.0) & 255
 
 
-@njit(nogil=True)
+@kernel
 def apply_table(image, table) -> None:
     """Map every level of ``image`` through the 256-entry ``table``, in place."""
     flat = image.reshape(-1)
@@ -127,7 +127,7 @@ def apply_table(image, table) -> None:
         flat[k] = table[flat[k]]
 
 
-@njit(nogil=True)
+@kernel
 def mean_luma_level(image) -> int:
     """``int(mean + 0.5)`` of the Pillow "L" image (ImageEnhance.Contrast's degenerate level)."""
     pixels = image.reshape(-1, 3)
@@ -137,7 +137,7 @@ def mean_luma_level(image) -> int:
     return int(total / pixels.shape[0] + 0.5)
 
 
-@njit(nogil=True, error_model="numpy")
+@kernel
 def saturate(image, factor: float) -> None:
     """``ImageEnhance.Color``: blend every pixel with its own Pillow luma, in place."""
     pixels = image.reshape(-1, 3)
@@ -148,7 +148,7 @@ def saturate(image, factor: float) -> None:
             pixels[p, c] = blend_level(gray, pixels[p, c], alpha)
 
 
-@njit(nogil=True)
+@kernel
 def active_parts(params) -> np.ndarray:
     """The parts to run, in order, from ``params`` = (b, c, s factors, hue factor, order x 4).
 
@@ -167,7 +167,7 @@ def active_parts(params) -> np.ndarray:
     return parts[:count]
 
 
-@njit(nogil=True)
+@kernel
 def pointwise_augment(image, params, gray: bool, threshold: int, flip: bool) -> None:
     """Colour jitter, then grayscale, solarize and left-right flip of a C-contiguous uint8
     (H, W, 3) image, in place, equal to the reference's PIL ops one after the other.
@@ -195,7 +195,7 @@ def pointwise_augment(image, params, gray: bool, threshold: int, flip: bool) -> 
         hflip(image)
 
 
-@njit(nogil=True)
+@kernel
 def color_jitter(image, params) -> None:
     """Jitter a C-contiguous uint8 (H, W, 3) image in place as the reference's PIL path.
 
@@ -206,7 +206,7 @@ def color_jitter(image, params) -> None:
         pointwise_augment(image, params, False, 256, False)
 
 
-@njit(nogil=True)
+@kernel
 def jitter_draw(key: np.uint64, brightness: float, contrast: float, saturation: float,
                 hue: float) -> np.ndarray:
     """The jitter parameters of stream ``key`` as torchvision's ``ColorJitter.get_params``.

@@ -27,12 +27,12 @@ from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.state import State
-from numba import njit
+from .jit import kernel
 
 from .rng import STREAM_CROP, EpochSeed, read_seed_epoch, stream_key, uniform_range
 
 
-@njit(nogil=True)
+@kernel
 def random_crop_box(height: int, width: int, scale_low: float, scale_high: float,
                     log_ratio_low: float, log_ratio_high: float, key: np.uint64):
     """Top, left, height, width of a random-resized-crop box (torchvision's algorithm)."""

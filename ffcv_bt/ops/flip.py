@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from numba import njit
+from .jit import kernel
 
 from .rng import STREAM_FLIP, EpochSeed
 from .view_op import ViewOperation
 
 
-@njit(nogil=True)
+@kernel
 def hflip(image) -> None:
     """Mirror an (H, W, C) image left-right in place."""
     height, width, channels = image.shape

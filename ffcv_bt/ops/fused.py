@@ -25,7 +25,7 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
-from numba import njit
+from .jit import kernel
 
 from .blur import RandomGaussianBlurViews, gaussian_blur
 from .color_jitter import RandomColorJitterViews, pointwise_augment
@@ -40,7 +40,7 @@ COMPONENTS = (RandomFlipViews, RandomColorJitterViews, RandomGrayscaleViews,
               RandomGaussianBlurViews, RandomSolarizeViews)
 
 
-@njit(nogil=True)
+@kernel
 def augment_view(image, flip: bool, jitter, gray: bool, blur, solarize: bool,
                  threshold: int) -> None:
     """Apply the decided ops to one C-contiguous (H, W, 3) uint8 view, in place.

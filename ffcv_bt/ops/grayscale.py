@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
-from numba import njit
+from .jit import kernel
 
 from .rng import STREAM_GRAYSCALE, EpochSeed
 from .view_op import ViewOperation
@@ -20,13 +20,13 @@ from .view_op import ViewOperation
 LUMA_R, LUMA_G, LUMA_B = 0.299, 0.587, 0.114
 
 
-@njit(nogil=True, inline="always")
+@kernel(inline="always")
 def pil_luma(r, g, b) -> int:
     """Pillow's "L" value of one RGB pixel (601-2 luma, 16-bit fixed point, rounded)."""
     return (np.int32(r) * 19595 + np.int32(g) * 38470 + np.int32(b) * 7471 + 0x8000) >> 16
 
 
-@njit(nogil=True)
+@kernel
 def to_grayscale(image) -> None:
     """Replace each pixel of an (H, W, 3) uint8 image by its Pillow luma, on all 3 channels."""
     height, width, _ = image.shape

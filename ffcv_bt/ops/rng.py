@@ -19,7 +19,7 @@ with numba and in plain Python.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from .jit import kernel
 
 from ffcv.libffcv import ctypes_memcopy
 
@@ -41,7 +41,7 @@ STREAM_BLUR = 5
 STREAM_SOLARIZE = 6
 
 
-@njit(nogil=True)
+@kernel
 def mix32(x: np.uint64) -> np.uint64:
     """lowbias32 integer hash of the low 32 bits of ``x`` (a bijection on 32-bit values)."""
     x = x & _MASK32
@@ -53,7 +53,7 @@ def mix32(x: np.uint64) -> np.uint64:
     return x
 
 
-@njit(nogil=True)
+@kernel
 def stream_key(seed, epoch, sample, view, stream) -> np.uint64:
     """Key of the random stream of one op applied to one view of one sample in one epoch."""
     h = mix32(np.uint64(seed))
@@ -62,14 +62,14 @@ def stream_key(seed, epoch, sample, view, stream) -> np.uint64:
     return mix32(h ^ ((np.uint64(view) << _S8) | np.uint64(stream)))
 
 
-@njit(nogil=True)
+@kernel
 def uniform(key: np.uint64, counter) -> float:
     """The ``counter``-th number of stream ``key``, uniform on [0, 1) (32-bit resolution)."""
     h = mix32(key + ((np.uint64(counter) * _GOLDEN) & _MASK32))
     return np.float64(mix32(h ^ key)) * _TO_UNIT
 
 
-@njit(nogil=True)
+@kernel
 def uniform_range(key: np.uint64, counter, low: float, high: float) -> float:
     """The ``counter``-th number of stream ``key``, uniform on [low, high)."""
     return low + (high - low) * uniform(key, counter)

@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import numpy as np
-from numba import njit
+from .jit import kernel
 
 from .rng import STREAM_SOLARIZE, EpochSeed
 from .view_op import ViewOperation
 
 
-@njit(nogil=True)
+@kernel
 def solarize(image, threshold: int) -> None:
     """Invert, in place, every uint8 value ``x >= threshold`` to ``255 - x`` (Pillow's rule)."""
     table = np.arange(256, dtype=np.uint8)
