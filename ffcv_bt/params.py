@@ -63,6 +63,9 @@ _section(
     solarize_p1=_prob("solarize probability, view 1"),
     solarize_p2=_prob("solarize probability, view 2"),
     solarize_threshold=_p(int, "solarize pixels at or above this value", InRange(0, 256)),
+    device=_p(str, "where jitter, grayscale, blur and solarize run: cpu (numba, in the loader "
+              "workers) or gpu (batched torch ops on the training device, same draws)",
+              OneOf(["cpu", "gpu"])),
 )
 _section(
     "model", "Backbone and projector",

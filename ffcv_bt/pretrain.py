@@ -114,7 +114,7 @@ class Pretrainer:
             res=resolution_at(0, r["min_res"], r["max_res"], r["start_ramp"], r["end_ramp"]),
             seed=self.recipe["train"]["seed"], device=self.device,
             distributed=self.dist.distributed, order=data["order"], in_memory=data["in_memory"],
-            channels_last=self.channels_last)
+            channels_last=self.channels_last, augment_on=self.recipe["aug"]["device"])
         # FFCV sets torch's thread count to its worker count: set it deliberately.
         if self.device.type == "cpu":
             set_cpu_compute_threads()

@@ -11,6 +11,12 @@ Randomness: the sample order comes from FFCV (``seed + epoch``; under ``distribu
 yields the same batches whatever the worker count, and ``set_epoch(e)`` on a fresh loader
 reproduces epoch ``e`` of a running one.
 
+``augment_on="gpu"`` (the recipe's ``aug.device``) leaves only decode, crop and flip to the
+workers: a third output "params" carries each view's decisions
+(:mod:`ffcv_bt.ops.view_params`) and :mod:`ffcv_bt.data.device_augment` applies the colour
+jitter, grayscale, blur and solarize as batched torch ops on ``device``, equal to the
+numba ops to the level.
+
 ``decode_once=False`` builds FFCV's stock layout instead (a second pipeline ``image2`` that
 decodes the same image again) with the same ops and random keys: the same batches, slower.
 It is kept for the benchmark.
@@ -35,8 +41,14 @@ from ..ops.fused import fuse_view_ops
 from ..ops.grayscale import RandomGrayscaleViews
 from ..ops.rng import EpochSeed
 from ..ops.solarize import RandomSolarizeViews
+from ..ops.view_op import ViewOperation
+from ..ops.view_params import ViewParamsDecoder
+from .device_augment import augment_views
 from .ffcv_loading import BufferGuard, build_loader, check_beton, check_indices, default_device, keep_torch_threads
 from .normalize import labels_to_device, normalize_images
+
+AUGMENT_ON = ("cpu", "gpu")  # where the per-view ops after the flip run (recipe: aug.device)
+
 
 @dataclass
 class AugmentationParams:
@@ -93,44 +105,75 @@ class AugmentationParams:
                    blur_p=off, blur_sigma=(0.1, 0.1), solarize_p=off, solarize_threshold=128)
 
 
-def view_transforms(aug: AugmentationParams, seed: EpochSeed, views: slice) -> list:
-    """The per-view ops after the crop, for the views selected by ``views`` (0, 1 or both)."""
+def view_ops(aug: AugmentationParams, seed: EpochSeed, views: slice) -> dict[str, ViewOperation]:
+    """The per-view ops after the crop, configured for the views selected by ``views`` (0, 1 or both)."""
     first = views.start or 0
 
     def pick(pair: tuple[float, float]) -> tuple[float, ...]:
         return pair[views]
 
-    # One fused op (ffcv_bt/ops/fused.py): the same pixels as the five in turn, fewer passes.
-    return fuse_view_ops([
-        RandomFlipViews(pick(aug.flip_p), seed, first_view=first),
-        RandomColorJitterViews(pick(aug.jitter_p), seed, aug.brightness, aug.contrast,
-                               aug.saturation, aug.hue, first_view=first),
-        RandomGrayscaleViews(pick(aug.grayscale_p), seed, first_view=first),
-        RandomGaussianBlurViews(pick(aug.blur_p), seed, aug.blur_sigma, first_view=first),
-        RandomSolarizeViews(pick(aug.solarize_p), seed, aug.solarize_threshold, first_view=first),
-        ToTensor(),
-    ])
+    return {
+        "flip": RandomFlipViews(pick(aug.flip_p), seed, first_view=first),
+        "jitter": RandomColorJitterViews(pick(aug.jitter_p), seed, aug.brightness, aug.contrast,
+                                         aug.saturation, aug.hue, first_view=first),
+        "grayscale": RandomGrayscaleViews(pick(aug.grayscale_p), seed, first_view=first),
+        "blur": RandomGaussianBlurViews(pick(aug.blur_p), seed, aug.blur_sigma, first_view=first),
+        "solarize": RandomSolarizeViews(pick(aug.solarize_p), seed, aug.solarize_threshold,
+                                        first_view=first),
+    }
 
 
-def two_view_pipelines(aug: AugmentationParams, res: int, seed: EpochSeed, decode_once: bool
+def view_transforms(aug: AugmentationParams, seed: EpochSeed, views: slice,
+                    augment_on: str = "cpu") -> list:
+    """The FFCV transforms after the crop for the views selected by ``views``.
+
+    ``augment_on="cpu"``: every per-view op, fused into one (ffcv_bt/ops/fused.py: the same
+    pixels as the five in turn, fewer passes). ``"gpu"``: the flip only; the rest runs on
+    the training device (:mod:`ffcv_bt.data.device_augment`).
+    """
+    ops = view_ops(aug, seed, views)
+    if augment_on == "gpu":
+        return [ops["flip"], ToTensor()]
+    return fuse_view_ops(list(ops.values()) + [ToTensor()])
+
+
+def view_params_pipeline(aug: AugmentationParams, seed: EpochSeed) -> PipelineSpec:
+    """A pipeline "params" of (B, 2, PARAMS_PER_VIEW) decisions of the device-side ops."""
+    ops = view_ops(aug, seed, slice(0, 2))
+    decoder = ViewParamsDecoder(ops["jitter"], ops["grayscale"], ops["blur"], ops["solarize"])
+    return PipelineSpec("image", decoder, [ToTensor()])
+
+
+def two_view_pipelines(aug: AugmentationParams, res: int, seed: EpochSeed, decode_once: bool,
+                       augment_on: str = "cpu"
                        ) -> tuple[dict[str, PipelineSpec], list[MultiViewRandomResizedCropDecoder]]:
     """FFCV pipelines for the two views, and their crop decoders (for ``set_resolution``).
 
     ``decode_once``: one pipeline "image" of (B, 2, res, res, 3); otherwise pipelines
     "image" and "image2" of (B, 1, res, res, 3), each decoding the image itself.
+    ``augment_on="gpu"`` adds the pipeline "params" (:func:`view_params_pipeline`).
     """
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
+
     def decoder(num_views: int, first_view: int) -> MultiViewRandomResizedCropDecoder:
         return MultiViewRandomResizedCropDecoder(res, seed, num_views, aug.crop_scale,
                                                  aug.crop_ratio, first_view=first_view)
 
     if decode_once:
         both = decoder(2, 0)
-        return {"image": PipelineSpec("image", both, view_transforms(aug, seed, slice(0, 2)))}, [both]
-    first, second = decoder(1, 0), decoder(1, 1)
-    return {
-        "image": PipelineSpec("image", first, view_transforms(aug, seed, slice(0, 1))),
-        "image2": PipelineSpec("image", second, view_transforms(aug, seed, slice(1, 2))),
-    }, [first, second]
+        pipelines = {"image": PipelineSpec("image", both, view_transforms(aug, seed, slice(0, 2), augment_on))}
+        decoders = [both]
+    else:
+        first, second = decoder(1, 0), decoder(1, 1)
+        pipelines = {
+            "image": PipelineSpec("image", first, view_transforms(aug, seed, slice(0, 1), augment_on)),
+            "image2": PipelineSpec("image", second, view_transforms(aug, seed, slice(1, 2), augment_on)),
+        }
+        decoders = [first, second]
+    if augment_on == "gpu":
+        pipelines["params"] = view_params_pipeline(aug, seed)
+    return pipelines, decoders
 
 
 class TwoViewLoader:
@@ -141,8 +184,10 @@ class TwoViewLoader:
     """
 
     def __init__(self, loader: Loader, decoders: list[MultiViewRandomResizedCropDecoder],
-                 seed: EpochSeed, device: torch.device, channels_last: bool, with_labels: bool):
+                 seed: EpochSeed, device: torch.device, channels_last: bool, with_labels: bool,
+                 solarize_threshold: int = 128):
         self._loader = loader
+        self._solarize_threshold = solarize_threshold
         self._decoders = decoders
         self._seed = seed
         self._outputs = list(loader.pipeline_specs)  # FFCV yields one tensor per pipeline, in this order
@@ -188,6 +233,9 @@ class TwoViewLoader:
                 second = batch["image2"].to(self.device, non_blocking=True)[:, 0]
             else:
                 first, second = images[:, 0], images[:, 1]
+            if "params" in batch:  # aug.device gpu: the remaining ops run here, on the device
+                first = augment_views(first, batch["params"][:, 0], self._solarize_threshold)
+                second = augment_views(second, batch["params"][:, 1], self._solarize_threshold)
             views = (normalize_images(first, self.device, self.channels_last),
                      normalize_images(second, self.device, self.channels_last))
             if self.with_labels:
@@ -204,7 +252,7 @@ def make_pretrain_loader(beton: str | os.PathLike, batch_size_per_rank: int, num
                          order: str = "random", in_memory: bool = True,
                          channels_last: bool = False, drop_last: bool = True,
                          decode_once: bool = True, indices: Optional[Sequence[int]] = None,
-                         with_labels: bool = False) -> TwoViewLoader:
+                         with_labels: bool = False, augment_on: str = "cpu") -> TwoViewLoader:
     """Build the two-view Barlow Twins loader over the "image" field of ``beton``.
 
     Parameters
@@ -222,6 +270,9 @@ def make_pretrain_loader(beton: str | os.PathLike, batch_size_per_rank: int, num
     decode_once : decode each JPEG once for both views (False: FFCV's stock two pipelines).
     indices : restrict to these sample indices of the file.
     with_labels : also yield the int64 labels (the "label" field).
+    augment_on : "cpu": every augmentation in the loader's numba workers; "gpu": the workers
+        decode, crop and flip, and colour jitter, grayscale, blur and solarize run as batched
+        torch ops on ``device`` with the same draws (the recipe's ``aug.device``).
     """
     if batch_size_per_rank < 1 or num_workers < 1 or res < 1:
         raise ValueError(f"batch_size_per_rank, num_workers and res must be >= 1, got "
@@ -229,7 +280,7 @@ def make_pretrain_loader(beton: str | os.PathLike, batch_size_per_rank: int, num
     required = ["image", "label"] if with_labels else ["image"]
     field_names, num_samples = check_beton(beton, required)
     epoch_seed = EpochSeed(seed)
-    pipelines, decoders = two_view_pipelines(aug, res, epoch_seed, decode_once)
+    pipelines, decoders = two_view_pipelines(aug, res, epoch_seed, decode_once, augment_on)
     for name in field_names:
         if name not in pipelines:
             pipelines[name] = None  # disabled field
@@ -240,4 +291,5 @@ def make_pretrain_loader(beton: str | os.PathLike, batch_size_per_rank: int, num
                           seed=seed, indices=check_indices(beton, indices, num_samples),
                           drop_last=drop_last, in_memory=in_memory)
     device = default_device() if device is None else torch.device(device)
-    return TwoViewLoader(loader, decoders, epoch_seed, device, channels_last, with_labels)
+    return TwoViewLoader(loader, decoders, epoch_seed, device, channels_last, with_labels,
+                         aug.solarize_threshold)
