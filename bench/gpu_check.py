@@ -13,7 +13,9 @@ ImageNet-like JPEGs (~400x350, smooth noise and shapes, quality 90) into a tempo
      NCCL, SyncBatchNorm and DDP, also fed by the FFCV loader; per-process memory on each
      GPU (nvidia-smi) shows extra CUDA contexts;
   c. the loader alone with this machine's cores: pairs/s per resolution, and the loader
-     cores per GPU needed to feed the measured step;
+     cores per GPU needed to feed the measured step; then ``aug.device: gpu``: its
+     workers' pairs/s, the device-side ops' time per pair, and its views against the
+     numba loader's (at most 1 level apart);
   d. a checkpoint written and resumed (the project's Pretrainer on the temporary data): the
      resumed run's losses against an uninterrupted run's;
   e. one linear-probe epoch (ffcv_bt.evaluate) and the fp32-vs-bf16 difference of frozen
@@ -459,6 +461,57 @@ def loader_benchmark(loader: Any, resolutions: list[int], min_seconds: float) ->
     return rates
 
 
+def device_augment_check(beton: Path, device: torch.device, resolutions: list[int],
+                         batch: int, workers: int, min_seconds: float) -> dict[str, Any]:
+    """``aug.device: gpu`` on this machine: its views against the numba path's (levels), the
+    workers' pairs/s and the device-side ops' milliseconds per pair at each resolution."""
+    from ffcv_bt.config import load_recipe
+    from ffcv_bt.data.device_augment import augment_views
+    from ffcv_bt.data.normalize import IMAGENET_STD
+    from ffcv_bt.data.pretrain_loader import AugmentationParams, make_pretrain_loader
+
+    aug = AugmentationParams.from_config(load_recipe(BASE_RECIPE)["aug"])
+    common = dict(batch_size_per_rank=batch, num_workers=workers, aug=aug,
+                  res=resolutions[0], seed=0, device=device, order="sequential")
+    numba_path = make_pretrain_loader(beton, augment_on="cpu", **common)
+    device_path = make_pretrain_loader(beton, augment_on="gpu", **common)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    worst, compared = 0.0, 0
+    for numba_batch, device_batch in zip(numba_path, device_path):
+        for a, b in zip(numba_batch, device_batch):
+            worst = max(worst, float(((a - b).abs() * std * 255).max()))
+        compared += 1
+        if compared == 3:
+            break
+    record: dict[str, Any] = {"max_level_difference_to_numba_path": worst,
+                              "ok": worst <= 1.0, "workers_pairs_per_s": {}, "device_ms_per_pair": {}}
+    for res in resolutions:
+        device_path.set_resolution(res)
+        for _ in device_path.ffcv_loader:  # untimed: reallocation after the change
+            pass
+        pairs, seconds, device_seconds = 0, 0.0, 0.0
+        while pairs == 0 or seconds < min_seconds:
+            start = time.perf_counter()
+            for images, params in device_path.ffcv_loader:
+                pairs += images.shape[0]
+                seconds += time.perf_counter() - start
+                on_device = images.to(device)
+                sync(device)
+                began = time.perf_counter()
+                for v in range(2):
+                    augment_views(on_device[:, v], params[:, v], aug.solarize_threshold)
+                sync(device)
+                device_seconds += time.perf_counter() - began
+                start = time.perf_counter()
+        record["workers_pairs_per_s"][str(res)] = pairs / seconds
+        record["device_ms_per_pair"][str(res)] = 1000 * device_seconds / pairs
+        print(f"  aug.device gpu {res:>4} px: workers {pairs / seconds:,.0f} pairs/s, device ops "
+              f"{1000 * device_seconds / pairs:.3f} ms per pair", flush=True)
+    print(f"  aug.device gpu vs cpu: views at most {worst:g} levels apart "
+          f"({'ok' if record['ok'] else 'MISMATCH'})", flush=True)
+    return record
+
+
 def loader_workers(loader: Any) -> int:
     return int(loader.ffcv_loader.num_workers)
 
@@ -679,6 +732,10 @@ def print_table(profile: dict[str, Any], steps: list[dict]) -> None:
     print(f"checkpoint resume ({resume['precision']}): max relative loss difference "
           f"{resume['max_relative_difference']:.2e} (tolerance {resume['tolerance']:g}), max weight "
           f"difference {resume['max_weight_difference']:.2e}: {'ok' if resume['ok'] else 'FAILED'}")
+    augment = checks["device_augment"]
+    print(f"aug.device gpu: views at most {augment['max_level_difference_to_numba_path']:g} levels "
+          f"from the numba path ({'ok' if augment['ok'] else 'FAILED'}); device ops ms per pair "
+          + ", ".join(f"{res} px {ms:.3f}" for res, ms in augment["device_ms_per_pair"].items()))
     lin = checks["linear_probe"]
     print(f"linear probe epoch: {lin['images_per_s']:,.0f} images/s at {lin['res']} px "
           f"({lin['precision']}); fp32 vs bf16 frozen features: max |diff|/max|f| "
@@ -747,13 +804,17 @@ def main(argv: list[str]) -> int:
         loader_rates = loader_benchmark(loader, plan.resolutions, plan.loader_min_seconds)
         workers = loader_workers(loader)
         del loader
+        augment = device_augment_check(work / "data" / "train.beton", device, plan.resolutions,
+                                       plan.ckpt_batch, workers, plan.loader_min_seconds)
         phase("e. linear probe")
         linear = linear_probe_check(plan, device, work / "data", work)
         bests = [best_of([r for r in steps if r["res"] == res]) for res in plan.resolutions]
         ok = (all(b is not None and b["falling"] for b in bests)
-              and "error" not in ddp and ddp.get("finite", False) and resume["ok"] and linear["ok"])
+              and "error" not in ddp and ddp.get("finite", False) and resume["ok"] and linear["ok"]
+              and augment["ok"])
         checks = {"ok": ok, "elapsed_seconds": time.perf_counter() - started, "steps": steps,
                   "torchrun": ddp, "checkpoint_resume": resume, "linear_probe": linear,
+                  "device_augment": augment,
                   "images": {"train": plan.train_images, "val": plan.val_images},
                   "plan": asdict(plan)}
         profile = build_profile(plan, device, argv, steps, loader_rates, workers, checks,

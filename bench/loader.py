@@ -13,8 +13,12 @@ pairs/s. Epochs run round robin (one of each pipeline per round) so that load ch
 shared machine hit all pipelines alike. The first (JIT-compiling / worker-starting) epoch
 is shown apart; the figures are the median [min-max] of the following epochs. Our
 pipelines normalise on the CPU here, in the main thread; (a') shows ours without that
-step, as a GPU machine (which normalises on the device) would see it. The last line
-uses (a).
+step, as a GPU machine (which normalises on the device) would see it. (e) is ours with
+``aug.device: gpu``: the workers decode, crop, flip and emit each view's decisions, and the
+other ops run on the training device; (e) times the workers' part. Then: the CPU cost per
+pair of both modes in worker core-milliseconds (workers / rate of (a') and (e)), the time
+per pair of the device-side ops on the training device (CUDA when present, else this CPU,
+one torch thread), and the loader ratios of (a) and (e).
 
 Usage: python bench/loader.py [--data IMAGEFOLDER] [--res 224] [--workers 2] [--epochs 3]
 Without --data, ~2000 synthetic photo-like JPEGs (about 256x340, quality 90) are generated
@@ -164,6 +168,35 @@ def summary(name: str, unit: str, rates: list[float]) -> str:
             f"[{min(steady):.0f}-{max(steady):.0f}]")
 
 
+def device_ms_per_pair(loader, device: str, repeats: int = 3) -> float:
+    """Milliseconds per pair of the device-side ops (``aug.device: gpu``) on ``device``,
+    over a few batches of ``loader``'s raw (uint8 views, decisions) output."""
+    import torch
+
+    from ffcv_bt.data.device_augment import augment_views
+
+    batches = []
+    for images, params in loader.ffcv_loader:
+        batches.append((images.to(device).clone(), params.clone()))
+        if len(batches) == 4:
+            break
+    threshold = loader._solarize_threshold
+
+    def run() -> None:
+        for images, params in batches:
+            for v in range(2):
+                augment_views(images[:, v], params[:, v], threshold)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    run()  # warm up (CUDA kernels, allocator)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    pairs = repeats * sum(len(images) for images, _ in batches)
+    return 1000 * (time.perf_counter() - start) / pairs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="ImageFolder dir (<class>/<image>.jpg); "
@@ -199,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
                   aug=reference_aug, res=args.res, seed=0, device="cpu")
     ours = make_pretrain_loader(beton, **common)  # per-view ops fused (ffcv_bt/ops/fused.py)
     twice = make_pretrain_loader(beton, decode_once=False, **common)
+    on_device = make_pretrain_loader(beton, augment_on="gpu", **common)
     decode_only = Loader(str(beton), batch_size=args.batch_size, num_workers=args.workers,
                          order=OrderOption.RANDOM, seed=0, drop_last=True,
                          pipelines={"image": [RandomResizedCropRGBImageDecoder((args.res, args.res)),
@@ -215,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         "(b) reference: PIL + torchvision DataLoader": (lambda: reference, "pairs/s"),
         "(c) bound: FFCV decode + 1 crop, no aug": (lambda: decode_only, "images/s"),
         "(d) ours with FFCV stock 2 pipelines": (lambda: twice, "pairs/s"),
+        "(e) ours, aug.device gpu: the workers' part": (lambda: on_device.ffcv_loader, "pairs/s"),
     }
     # Round robin, one epoch of each per round, so a change in machine load hits all alike.
     rates: dict[str, list[float]] = {name: [] for name in pipelines}
@@ -232,8 +267,18 @@ def main(argv: list[str] | None = None) -> None:
     ours_median = statistics.median(rates["(a) ours: decode once, two augmented views"][1:])
     reference_median = statistics.median(rates["(b) reference: PIL + torchvision DataLoader"][1:])
     decode_median = statistics.median(rates["(c) bound: FFCV decode + 1 crop, no aug"][1:])
+    cpu_mode = statistics.median(rates["(a') ours, uint8 views before normalising"][1:])
+    gpu_mode = statistics.median(rates["(e) ours, aug.device gpu: the workers' part"][1:])
+    print(f"CPU cost per pair (worker core-ms): aug.device cpu {1000 * args.workers / cpu_mode:.2f}, "
+          f"aug.device gpu {1000 * args.workers / gpu_mode:.2f} ({gpu_mode / cpu_mode:.2f}x fewer)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name() if device == "cuda" else f"this CPU ({torch.get_num_threads()} torch threads)"
+    print(f"device-side ops of aug.device gpu on {name}: "
+          f"{device_ms_per_pair(on_device, device):.3f} ms per pair")
     print(f"loader ratio ours/reference: {ours_median / reference_median:.2f} "
           f"(decode-bound fraction: {ours_median / decode_median:.2f})")
+    print(f"loader ratio ours with aug.device gpu (workers' part)/reference: "
+          f"{gpu_mode / reference_median:.2f} (decode-bound fraction: {gpu_mode / decode_median:.2f})")
 
 
 if __name__ == "__main__":

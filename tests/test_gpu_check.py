@@ -83,3 +83,13 @@ def test_torchrun_and_linear_probe(quick_run: tuple[dict, str]) -> None:
     assert 0.0 <= lin["top1_after_one_epoch"] <= 100.0 and lin["images_per_s"] > 0
     # bf16 features differ from fp32 ones, but by a bf16-sized amount
     assert 0.0 < lin["features_max_abs_diff_over_max_abs"] < 0.05
+
+
+@pytest.mark.timeout(450)
+def test_device_augment_check(quick_run: tuple[dict, str]) -> None:
+    """aug.device gpu, run on the CPU in quick mode: the same views as the numba loader
+    (exactly, here) and a time for every resolution of the plan."""
+    augment = quick_run[0]["checks"]["device_augment"]
+    assert augment["ok"] and augment["max_level_difference_to_numba_path"] == 0.0
+    assert set(augment["device_ms_per_pair"]) == set(augment["workers_pairs_per_s"]) == {"16", "32"}
+    assert all(ms > 0 for ms in augment["device_ms_per_pair"].values())

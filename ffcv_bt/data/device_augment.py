@@ -178,12 +178,16 @@ def gaussian_blur(images: torch.Tensor, sigma: np.ndarray) -> torch.Tensor:
 
 
 # ----- the whole view -----------------------------------------------------------------------
-def _apply_to(images: torch.Tensor, mask: torch.Tensor, fn, *args) -> torch.Tensor:
-    """``images`` with ``fn(images[mask], *args[mask])`` in the masked samples."""
-    chosen = torch.nonzero(mask).flatten()
-    if chosen.numel() == 0:
+def _apply_to(images: torch.Tensor, mask: np.ndarray, fn, *args) -> torch.Tensor:
+    """``images`` with ``fn(images[mask], *args[mask])`` in the masked samples.
+
+    The mask lives on the host (the decisions are known there), so choosing the samples
+    never waits for the device.
+    """
+    if not mask.any():
         return images
-    picked = [a[chosen] if isinstance(a, torch.Tensor) else a for a in args]
+    chosen = torch.from_numpy(np.flatnonzero(mask)).to(images.device, non_blocking=True)
+    picked = [a.index_select(0, chosen) if isinstance(a, torch.Tensor) else a for a in args]
     return images.index_copy(0, chosen, fn(images.index_select(0, chosen), *picked))
 
 
@@ -191,32 +195,30 @@ def augment_views(images: torch.Tensor, params: torch.Tensor, solarize_threshold
     """Jitter, grayscale, blur and solarize a batch of one view, as the loader decided.
 
     ``images``: (N, H, W, 3) uint8 on the device; ``params``: (N, PARAMS_PER_VIEW) float64
-    decision rows (layout in :mod:`ffcv_bt.ops.view_params`). Returns (N, H, W, 3) uint8.
+    decision rows on the host (layout in :mod:`ffcv_bt.ops.view_params`). Returns
+    (N, H, W, 3) uint8 on the device.
     """
     if images.dim() != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8 images, got {tuple(images.shape)} {images.dtype}")
     if tuple(params.shape) != (images.shape[0], PARAMS_PER_VIEW):
         raise ValueError(f"expected ({images.shape[0]}, {PARAMS_PER_VIEW}) decision rows, got {tuple(params.shape)}")
-    host = params.cpu()  # the blur's radii are chosen on the host (a few numbers per batch)
-    params = params.to(images.device, non_blocking=True)
+    host = params.cpu().numpy()
+    jitter = host[:, JITTER]
+    factors = torch.from_numpy(np.ascontiguousarray(jitter[:, 1:5])).to(images.device, non_blocking=True)
     x = images.permute(0, 3, 1, 2).to(torch.int32)
-    jitter = params[:, JITTER]
-    jittered = jitter[:, 0] != 0
-    factors, order = jitter[:, 1:5], jitter[:, 5:1 + JITTER_PARAMS].to(torch.int64)
     parts = {BRIGHTNESS: adjust_brightness, CONTRAST: adjust_contrast,
              SATURATION: adjust_saturation, HUE: rotate_hue}
     for position in range(4):
         for part, fn in parts.items():
-            factor = factors[:, part]
-            active = jittered & (order[:, position] == part) & ~torch.isnan(factor)
+            factor = jitter[:, 1 + part]
+            active = (jitter[:, 0] != 0) & (jitter[:, 5 + position] == part) & ~np.isnan(factor)
             if part != HUE:
                 active &= factor != 1.0  # blending with factor 1 is the identity
-            x = _apply_to(x, active, fn, factor)
-    x = _apply_to(x, params[:, GRAY] != 0, to_grayscale)
-    blurred = host[:, BLUR.start].numpy() != 0
+            x = _apply_to(x, active, fn, factors[:, part])
+    x = _apply_to(x, host[:, GRAY] != 0, to_grayscale)
+    blurred = host[:, BLUR.start] != 0
     if blurred.any():
-        sigma = host[:, BLUR.start + 1].numpy()[blurred]
-        chosen = torch.from_numpy(np.flatnonzero(blurred)).to(x.device)
-        x = x.index_copy(0, chosen, gaussian_blur(x.index_select(0, chosen), sigma))
-    x = _apply_to(x, params[:, SOLARIZE] != 0, solarize, solarize_threshold)
+        sigma = host[blurred, BLUR.start + 1]
+        x = _apply_to(x, blurred, lambda chosen: gaussian_blur(chosen, sigma))
+    x = _apply_to(x, host[:, SOLARIZE] != 0, solarize, solarize_threshold)
     return x.to(torch.uint8).permute(0, 2, 3, 1)
