@@ -216,7 +216,9 @@ def loader_lines(recipe: Recipe, tp: Throughput, cores: int | None = None,
         if per_gpu < total:
             warnings.append(f"WARNING: at {res} px a GPU needs {total} cores ({need:.1f} for the "
                             f"loader + 1), this machine has {per_gpu:.1f} per GPU: the loader "
-                            f"will limit the step")
+                            f"will limit the step"
+                            + (" (aug.device: gpu moves the colour jitter, grayscale, blur and "
+                               "solarize to the GPU)" if recipe["aug"]["device"] == "cpu" else ""))
         if recipe["data"]["num_workers"] < need:
             warnings.append(f"WARNING: at {res} px data.num_workers={recipe['data']['num_workers']} "
                             f"is below the {need:.1f} loader cores needed")
