@@ -19,6 +19,15 @@ REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
+def free_port() -> int:
+    """A TCP port free right now, so concurrent test runs on one machine do not collide."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def _pretrain_cmd(recipe: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "ffcv_bt.pretrain", "--config", str(recipe), "--out", str(out)]
 
@@ -107,7 +116,7 @@ def test_two_gloo_ranks_agree_on_a_stop_and_train_with_decreasing_loss(tiny_data
     out = tmp_path / "ddp"
     # progressive resolution: 16 px until epoch 1, ramp to 32 px at epoch 3
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29531", "-m", "ffcv_bt.pretrain", "--config", str(recipe),
+           "--master_port", str(free_port()), "-m", "ffcv_bt.pretrain", "--config", str(recipe),
            "--out", str(out), "--optim.lr_weights=0.5", "--resolution.max_res=32",
            "--resolution.start_ramp=1", "--resolution.end_ramp=3"]
     proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
