@@ -660,6 +660,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
 def build_profile(plan: Plan, device: torch.device, argv: list[str], steps: list[dict],
                   loader_rates: dict[int, float], workers: int, checks: dict[str, Any],
                   eval_rate: float) -> dict[str, Any]:
+    gpu_aug = checks["device_augment"]["workers_pairs_per_s"]
     from ffcv_bt import device_profile
 
     pretrain = {}
@@ -679,7 +680,8 @@ def build_profile(plan: Plan, device: torch.device, argv: list[str], steps: list
                   "batch_per_device": plan.batch},
         "pretrain": pretrain, "eval_images_per_s": eval_rate,
         "loader": {"cores": workers, "pairs_per_s": {str(r): v for r, v in loader_rates.items()},
-                   "pairs_per_s_per_core": {str(r): v / workers for r, v in loader_rates.items()}},
+                   "pairs_per_s_per_core": {str(r): v / workers for r, v in loader_rates.items()},
+                   "gpu_aug_pairs_per_s_per_core": {r: v / workers for r, v in gpu_aug.items()}},
         "checks": checks,
     }
     return profile

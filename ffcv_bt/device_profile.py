@@ -21,7 +21,9 @@ slug is that of its ``estimate.device``. Format (version 1)::
       "eval_images_per_s": 5200.0,            # linear-probe training images/s per device
       "loader": {"cores": 16,                 # loader threads used for the measurement
                  "pairs_per_s": {"224": 4100.0, ...},
-                 "pairs_per_s_per_core": {"224": 256.0, ...}},
+                 "pairs_per_s_per_core": {"224": 256.0, ...},
+                 # optional: the workers' part of aug.device gpu (decode, crop, flip)
+                 "gpu_aug_pairs_per_s_per_core": {"224": 420.0, ...}},
       "checks": {...}                         # free-form results of the other checks
     }
 
@@ -108,7 +110,10 @@ def validate(profile: Any, source: str = "device file") -> dict[str, Any]:
     if isinstance(loader.get("cores"), bool) or not isinstance(loader.get("cores"), int) \
             or loader["cores"] < 1:
         raise _fail(source, "loader.cores", f"must be a positive integer, got {loader.get('cores')!r}")
-    for table in ("pairs_per_s", "pairs_per_s_per_core"):
+    optional = ("gpu_aug_pairs_per_s_per_core",)
+    for table in ("pairs_per_s", "pairs_per_s_per_core", *optional):
+        if table in optional and table not in loader:
+            continue
         for res, value in _per_resolution(source, f"loader.{table}", loader.get(table)).items():
             _positive(source, f"loader.{table}.{res}", value)
     return profile
@@ -151,13 +156,21 @@ def step_images_per_s(profile: dict[str, Any], res: int) -> float:
     return table[measured] * (measured / res) ** 2
 
 
-def loader_pairs_per_s_per_core(profile: dict[str, Any], res: int) -> float:
+def loader_table(profile: dict[str, Any], aug_device: str = "cpu") -> str:
+    """The loader table that applies: the ``aug.device: gpu`` workers' rates when asked for
+    and measured, else the full CPU loader's (an upper bound on the cores needed)."""
+    if aug_device == "gpu" and "gpu_aug_pairs_per_s_per_core" in profile["loader"]:
+        return "gpu_aug_pairs_per_s_per_core"
+    return "pairs_per_s_per_core"
+
+
+def loader_pairs_per_s_per_core(profile: dict[str, Any], res: int, aug_device: str = "cpu") -> float:
     """Loader pairs/s per core at ``res``: measured, else the nearest measured resolution's."""
-    table = _per_resolution("device file", "loader.pairs_per_s_per_core",
-                            profile["loader"]["pairs_per_s_per_core"])
+    name = loader_table(profile, aug_device)
+    table = _per_resolution("device file", f"loader.{name}", profile["loader"][name])
     return float(table[_nearest(table, res)])
 
 
-def loader_cores_needed(profile: dict[str, Any], res: int) -> float:
+def loader_cores_needed(profile: dict[str, Any], res: int, aug_device: str = "cpu") -> float:
     """Loader cores one device needs at ``res`` to keep its measured step fed."""
-    return step_images_per_s(profile, res) / loader_pairs_per_s_per_core(profile, res)
+    return step_images_per_s(profile, res) / loader_pairs_per_s_per_core(profile, res, aug_device)

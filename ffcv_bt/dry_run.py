@@ -206,11 +206,20 @@ def loader_lines(recipe: Recipe, tp: Throughput, cores: int | None = None,
              f"this machine: {cores} cores for {gpus} GPU(s) = {per_gpu:.1f} per GPU; "
              f"data.num_workers {recipe['data']['num_workers']}, slurm.cpus_per_task "
              f"{recipe['slurm']['cpus_per_task']}:"]
+    aug_device = recipe["aug"]["device"]
+    table = device_profile.loader_table(tp.profile, aug_device)
+    if aug_device == "gpu":
+        lines.append("  aug.device gpu: " + (
+            "the workers' part as measured (decode, crop, flip)"
+            if table != "pairs_per_s_per_core" else
+            "no measurement of its workers in the device file; the CPU loader's rates "
+            "(an upper bound on the cores)")
+            + "; the step's rate does not include the device-side ops (gpu_check: ms per pair)")
     warnings = []
     for res in sorted({res for _, _, res in resolution_segments(recipe)}):
-        need = device_profile.loader_cores_needed(tp.profile, res)
+        need = device_profile.loader_cores_needed(tp.profile, res, aug_device)
         lines.append(f"  {res} px: {tp.pretrain_rate(res):,.0f} images/s per GPU / "
-                     f"{device_profile.loader_pairs_per_s_per_core(tp.profile, res):,.0f} pairs/s "
+                     f"{device_profile.loader_pairs_per_s_per_core(tp.profile, res, aug_device):,.0f} pairs/s "
                      f"per core = {need:.1f} loader cores")
         total = math.ceil(need) + 1
         if per_gpu < total:
@@ -218,7 +227,7 @@ def loader_lines(recipe: Recipe, tp: Throughput, cores: int | None = None,
                             f"loader + 1), this machine has {per_gpu:.1f} per GPU: the loader "
                             f"will limit the step"
                             + (" (aug.device: gpu moves the colour jitter, grayscale, blur and "
-                               "solarize to the GPU)" if recipe["aug"]["device"] == "cpu" else ""))
+                               "solarize to the GPU)" if aug_device == "cpu" else ""))
         if recipe["data"]["num_workers"] < need:
             warnings.append(f"WARNING: at {res} px data.num_workers={recipe['data']['num_workers']} "
                             f"is below the {need:.1f} loader cores needed")

@@ -171,3 +171,21 @@ def test_the_plan_counts_the_online_monitor(tmp_path: Path) -> None:
     def total(text: str) -> float:
         return float(next(l for l in text.splitlines() if "total" in l).split()[1])
     assert total(plan) == pytest.approx(total(off) + hours, abs=0.11)
+
+
+def test_aug_device_gpu_uses_the_workers_rates_when_measured(tmp_path: Path) -> None:
+    recipe = _recipe(tmp_path, **{"estimate.device": DEVICE, "aug.device": "gpu"})
+    _write_profile(tmp_path)  # no gpu_aug table: the CPU loader's rates, said so
+    plan = describe_plan(recipe, devices_dir=tmp_path, cores=64, gpus=1)
+    assert "no measurement of its workers" in plan
+    assert "224 px: 1,600 images/s per GPU / 300 pairs/s per core = 5.3 loader cores" in plan
+    profile = copy.deepcopy(PROFILE)
+    profile["loader"]["gpu_aug_pairs_per_s_per_core"] = {"160": 800.0, "224": 640.0}
+    _write_profile(tmp_path, profile)
+    plan = describe_plan(recipe, devices_dir=tmp_path, cores=64, gpus=1)
+    assert "the workers' part as measured" in plan
+    assert "224 px: 1,600 images/s per GPU / 640 pairs/s per core = 2.5 loader cores" in plan
+    assert "160 px: 3,000 images/s per GPU / 800 pairs/s per core = 3.8 loader cores" in plan
+    cpu = describe_plan(_recipe(tmp_path, **{"estimate.device": DEVICE}), devices_dir=tmp_path,
+                        cores=4, gpus=1)
+    assert "300 pairs/s per core" in cpu and "aug.device: gpu moves" in cpu
