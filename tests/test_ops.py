@@ -9,12 +9,12 @@ import pytest
 import torch
 import torchvision.transforms._functional_pil as TF_PIL
 from ffcv.pipeline.compiler import Compiler
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torchvision.transforms import RandomResizedCrop
 
 from ffcv_bt.ops.blur import RandomGaussianBlurViews, gaussian_blur
 from ffcv_bt.ops.color_jitter import (BRIGHTNESS, CONTRAST, HUE, JITTER_PARAMS, SATURATION,
-                                      RandomColorJitterViews, color_jitter)
+                                      RandomColorJitterViews, color_jitter, saturate)
 from ffcv_bt.ops.crop_decoder import random_crop_box
 from ffcv_bt.ops.flip import RandomFlipViews, hflip
 from ffcv_bt.ops.fused import FusedViewAugment, fuse_view_ops
@@ -79,6 +79,32 @@ def test_color_jitter_identity_factors_leave_image_unchanged():
     out = image.copy()
     color_jitter(out, jitter_params({BRIGHTNESS: 1.0, CONTRAST: 1.0, SATURATION: 1.0}))
     np.testing.assert_array_equal(out, image)
+
+
+# ----- saturation on every colour -----------------------------------------------------------------
+def every_triple() -> np.ndarray:
+    """All 2^24 byte triples as a (4096, 4096, 3) uint8 image."""
+    k = np.arange(1 << 24, dtype=np.uint32)
+    return np.stack([k >> 16, (k >> 8) & 255, k & 255], axis=-1).astype(np.uint8).reshape(
+        4096, 4096, 3)
+
+
+def test_saturation_kernel_keeps_fastmath_off():
+    """FFCV compiles pipelines with fastmath, which numba passes on to called functions that
+    leave it unset (numba/core/cpu.py, ``inherit_if_not_set``); it would allow
+    contracting the float32 blend into fused multiply-adds (not seen to change a level, but
+    not excluded). A direct call here would not show
+    it (numba reuses the overload compiled first), so check the setting itself."""
+    assert saturate.targetoptions.get("fastmath") is False
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.8317, 1.3999])
+def test_saturate_equals_pil_on_every_colour(factor):
+    colours = every_triple()
+    theirs = np.asarray(ImageEnhance.Color(Image.fromarray(colours)).enhance(factor))
+    ours = colours.copy()
+    saturate(ours, factor)
+    np.testing.assert_array_equal(ours, theirs)
 
 
 @pytest.mark.parametrize("jit", [True, False])

@@ -20,7 +20,9 @@ Everything is integer-exact or float32 in the same order of operations as Pillow
 so results match Pillow bit for bit (checked in tests/test_fidelity.py). Each part is one
 pass over the view, in place (no temporary image): brightness and contrast are 256-entry
 tables (contrast first reads the mean luma of the image it receives), saturation and hue
-are loops written so that numba vectorises them. (One fused per-pixel loop over all parts
+are loops written so that numba vectorises them (saturation in float32 only, which is exact
+for its levels, luma and blend, and sets ``fastmath=False``: FFCV compiles its pipelines
+with fastmath, which numba would otherwise pass on to it). (One fused per-pixel loop over all parts
 measured slower: its branches keep the hue arithmetic from vectorising.)
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 from numba import njit
 
 from .flip import hflip
-from .grayscale import pil_luma, to_grayscale
+from .grayscale import pil_luma, pil_luma_float32, to_grayscale
 from .rng import STREAM_COLOR_JITTER, EpochSeed, uniform, uniform_range
 from .solarize import solarize
 from .view_op import ViewOperation
@@ -137,15 +139,31 @@ def mean_luma_level(image) -> int:
     return int(total / pixels.shape[0] + 0.5)
 
 
-@njit(nogil=True, error_model="numpy")
+@njit(nogil=True, fastmath=False, error_model="numpy", inline="always")
+def blend_level_float32(degenerate, value, alpha: np.float32) -> np.uint8:
+    """:func:`blend_level` of float32 levels: the same float32 blend, with the clip as
+    min / max (branch-free, so the loop vectorises) before the truncation to uint8."""
+    t = degenerate + alpha * (value - degenerate)
+    return np.uint8(min(max(t, np.float32(0.0)), np.float32(255.0)))
+
+
+@njit(nogil=True, fastmath=False, error_model="numpy")
 def saturate(image, factor: float) -> None:
-    """``ImageEnhance.Color``: blend every pixel with its own Pillow luma, in place."""
-    pixels = image.reshape(-1, 3)
+    """``ImageEnhance.Color``: blend every pixel with its own Pillow luma, in place.
+
+    All in float32 (levels, luma, blend), which is exact (:func:`pil_luma_float32`,
+    :func:`blend_level_float32`) and lets numba vectorise the loop.
+    """
+    flat = image.reshape(-1)
     alpha = np.float32(factor)
-    for p in range(pixels.shape[0]):
-        gray = pil_luma(pixels[p, 0], pixels[p, 1], pixels[p, 2])
-        for c in range(3):
-            pixels[p, c] = blend_level(gray, pixels[p, c], alpha)
+    for p in range(flat.size // 3):
+        r = np.float32(flat[3 * p])
+        g = np.float32(flat[3 * p + 1])
+        b = np.float32(flat[3 * p + 2])
+        gray = pil_luma_float32(r, g, b)
+        flat[3 * p] = blend_level_float32(gray, r, alpha)
+        flat[3 * p + 1] = blend_level_float32(gray, g, alpha)
+        flat[3 * p + 2] = blend_level_float32(gray, b, alpha)
 
 
 @njit(nogil=True)
