@@ -16,12 +16,19 @@ Convert.c; torchvision's transforms/_functional_pil.py):
   the shift is 0.
 - the four parts run in a uniformly random order (torchvision draws a permutation of 4).
 
-Everything is integer-exact or float32 in the same order of operations as Pillow's C code,
-so results match Pillow bit for bit (checked in tests/test_fidelity.py). Each part is one
-pass over the view, in place (no temporary image): brightness and contrast are 256-entry
-tables (contrast first reads the mean luma of the image it receives), saturation and hue
-are loops written so that numba vectorises them. (One fused per-pixel loop over all parts
-measured slower: its branches keep the hue arithmetic from vectorising.)
+Results match Pillow bit for bit (tests/test_fidelity.py; tests/test_ops.py checks hue and
+saturation on every one of the 2^24 colours). Each part is one pass over the view, in place
+(no temporary image): brightness and contrast are 256-entry tables (contrast first reads the
+mean luma of the image it receives); saturation and hue are per-pixel loops in float32 only
+(every level, luma and HSV byte is a small integer held exactly), with selects instead of
+branches, which numba vectorises over the interleaved pixels (float64 lanes, int64 lanes or
+table lookups inside the loop measured 3-6x slower: numba does not vectorise the lookups).
+Saturation is Pillow's own float32 blend; hue replaces Pillow's float / double steps by
+float32 ones that are not a general identity but give Pillow's bytes on every input
+(:func:`pil_hue_saturation`, :func:`pil_hsv_to_rgb`). The kernels set ``fastmath=False``:
+FFCV compiles its pipelines with fastmath, which numba would otherwise pass on to them.
+(One fused per-pixel loop over all parts measured slower: its branches keep the hue
+arithmetic from vectorising.)
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ import numpy as np
 from .jit import kernel
 
 from .flip import hflip
-from .grayscale import pil_luma, to_grayscale
+from .grayscale import pil_luma, pil_luma_float32, to_grayscale
 from .rng import STREAM_COLOR_JITTER, EpochSeed, uniform, uniform_range
 from .solarize import solarize
 from .view_op import ViewOperation
@@ -63,54 +70,106 @@ def blend_table(degenerate: int, factor: float) -> np.ndarray:
     return table
 
 
+@kernel(inline="always")
+def pil_hue_saturation(r, g, b):
+    """Pillow's 8-bit H and S of one pixel (float32 levels ``r, g, b``), as float32 levels.
+
+    Pillow (src/libImaging/Convert.c ``rgb2hsv_row``): ``maxc``, ``minc``, chroma ``c``;
+    ``S = uint8(float(c / maxc) * 255)``; float32 ratios ``rc, gc, bc = (maxc - x) / c``;
+    ``h = bc - gc`` (red max), ``2 + rc - bc`` (green), ``4 + gc - rc`` (blue), the last two
+    summed in double and stored to float; ``h = fmod(h / 6 + 1, 1)`` in double, stored to
+    float; ``H = uint8(h * 255)`` in double; H = S = 0 for gray pixels.
+
+    The same bytes, in float32 only so that the loop vectorises: of the two ratios in ``h``
+    one is exactly 0 or 1 (the min or max channel), so ``h = offset +- q`` with the one
+    quotient ``q = (maxc - mid) / c``, rounded once as Pillow's sum is; then ``h / 6`` (+ 1
+    when negative) and ``* 255`` in float32. These float32 steps are not a general identity
+    with Pillow's double ones, but give Pillow's H and S for every one of the 2^24 colours
+    (checked against Pillow in tests/test_ops.py). A gray pixel gets S = 0 from its zero
+    chroma; its H is then unused (S = 0 maps back to gray whatever H is).
+    """
+    one = np.float32(1.0)
+    maxc = max(r, max(g, b))
+    minc = min(r, min(g, b))
+    mid = r + g + b - maxc - minc
+    q = (maxc - mid) / max(maxc - minc, one)
+    if r == maxc:
+        h = q - one if g == minc else one - q
+    elif g == maxc:
+        h = np.float32(3.0) - q if r == minc else one + q
+    else:
+        h = np.float32(3.0) + q if r == minc else np.float32(5.0) - q
+    turns = h / np.float32(6.0)
+    if h < np.float32(0.0):
+        turns += one
+    hue = np.float32(np.int32(turns * np.float32(255.0)))
+    saturation = np.float32(np.int32((maxc - minc) / max(maxc, one) * np.float32(255.0)))
+    return hue, saturation
+
+
+@kernel(inline="always")
+def pil_hsv_to_rgb(hue, saturation, value):
+    """Pillow's RGB levels of one 8-bit HSV pixel (float32 levels in, float32 levels out).
+
+    Pillow (src/libImaging/Convert.c ``hsv2rgb``), in float and double: sector
+    ``i = floor(H * 6 / 255)``, ``f = H * 6 / 255 - i``, ``fs = S / 255``; ``lo = round(V *
+    (1 - fs))``, ``falling = round(V * (1 - fs * f))``, ``rising = round(V * (1 - fs *
+    (1 - f)))`` (C ``round``); sector i gives (R, G, B) = (V, rising, lo), (falling, V, lo),
+    (lo, V, rising), (lo, falling, V), (rising, lo, V), (V, lo, falling); sector 6 (H = 255)
+    is sector 0 with f = 0.
+
+    The same levels in float32 with reciprocal products: 6 H / 255 is an integer or at
+    least 1/255 from one, so ``+ 1e-3`` before truncation gives Pillow's sector exactly;
+    the rest gives Pillow's levels for every one of the 2^24 (H, S, V) (checked against
+    Pillow in tests/test_ops.py). Only one of rising / falling is needed per sector
+    (``middle``), and the channel roles follow from the sector's distance to the red and
+    blue "lo" sectors (2.5 and 3.5) and green's "V" sectors (1.5).
+    """
+    one = np.float32(1.0)
+    half = np.float32(0.5)
+    scaled = hue * np.float32(6.0)
+    sector = np.float32(np.int32(scaled * np.float32(1.0 / 255.0) + np.float32(1e-3)))
+    f = (scaled - np.float32(255.0) * sector) / np.float32(255.0)
+    fs = saturation * np.float32(1.0 / 255.0)
+    falling = sector == np.float32(1.0) or sector == np.float32(3.0) or sector == np.float32(5.0)
+    lo = np.float32(np.int32(value * (one - fs) + half))
+    middle = np.float32(np.int32(value * (one - fs * (f if falling else one - f)) + half))
+    to_red = abs(sector - np.float32(2.5))  # 0.5: lo, 1.5: middle, >= 2.5: V
+    to_blue = abs(sector - np.float32(3.5))  # 0.5: V, 1.5: middle, >= 2.5: lo
+    red = lo if to_red < one else (middle if to_red < np.float32(2.0) else value)
+    blue = value if to_blue < one else (middle if to_blue < np.float32(2.0) else lo)
+    if abs(sector - np.float32(1.5)) < one:  # sectors 1, 2
+        green = value
+    elif abs(sector - np.float32(4.5)) < one:  # sectors 4, 5
+        green = lo
+    else:  # sectors 0, 3, 6
+        green = middle
+    return red, green, blue
+
+
 @kernel
 def hue_rotate(image, shift: int) -> None:
     """Pillow's RGB -> HSV, ``H += shift`` (mod 256), HSV -> RGB, of every pixel in place.
 
-    The arithmetic is Pillow's (src/libImaging/Convert.c ``rgb2hsv_row`` and ``hsv2rgb``):
-    float32 ratios, double for the sector offset and the wrap, truncation to 8 bits on the
-    way in, C ``round`` (half away from zero) on the way out. It is written without branches
-    (every candidate computed, then selected) so numba vectorises the loop.
+    Bit-exact to Pillow (see :func:`pil_hue_saturation` and :func:`pil_hsv_to_rgb`); all
+    levels are small integers held in float32, and the loop has no float64 and no
+    branches left after if-conversion, so numba vectorises it over the interleaved pixels.
     """
     flat = image.reshape(-1)
+    turn = np.float32(256.0)
+    offset = np.float32(shift & 255)
     for p in range(flat.size // 3):
-        r, g, b = np.int32(flat[3 * p]), np.int32(flat[3 * p + 1]), np.int32(flat[3 * p + 2])
-        maxc = max(r, max(g, b))
-        minc = min(r, min(g, b))
-        chroma = np.float32(max(maxc - minc, 1))
-        s = chroma / np.float32(max(maxc, 1))
-        rc = np.float32(maxc - r) / chroma
-        gc = np.float32(maxc - g) / chroma
-        bc = np.float32(maxc - b) / chroma
-        h_red = bc - gc
-        h_green = np.float32(2.0 + np.float64(rc) - np.float64(bc))
-        h_blue = np.float32(4.0 + np.float64(gc) - np.float64(rc))
-        h = h_red if r == maxc else (h_green if g == maxc else h_blue)
-        turns = np.float64(h) / 6.0 + 1.0  # in (0, 2): C's fmod(turns, 1) is turns - floor(turns)
-        h = np.float32(turns - math.floor(turns))
-        gray = maxc == minc
-        hue = 0 if gray else min(max(np.int32(np.float64(h) * 255.0), 0), 255)
-        sat = 0 if gray else min(max(np.int32(np.float64(s) * 255.0), 0), 255)
-        hue = (hue + shift) & 255
-        scaled = np.float64(hue) * 6.0 / 255.0
-        sector = np.int32(math.floor(scaled))
-        f = np.float32(scaled - np.float64(sector))
-        fs = np.float32(np.float64(sat) / 255.0)
-        v = np.float64(maxc)
-        lo = min(max(np.int32(math.floor(v * (1.0 - np.float64(fs)) + 0.5)), 0), 255)
-        falling = min(max(np.int32(math.floor(v * (1.0 - np.float64(fs * f)) + 0.5)), 0), 255)
-        rising = min(max(np.int32(math.floor(
-            v * (1.0 - np.float64(fs) * (1.0 - np.float64(f))) + 0.5)), 0), 255)
-        sector = sector % 6
-        red = maxc if (sector == 0 or sector == 5) else (
-            falling if sector == 1 else (rising if sector == 4 else lo))
-        green = rising if sector == 0 else (
-            maxc if (sector == 1 or sector == 2) else (falling if sector == 3 else lo))
-        blue = lo if (sector == 0 or sector == 1) else (
-            rising if sector == 2 else (maxc if (sector == 3 or sector == 4) else falling))
-        if sat == 0:
-            red, green, blue = maxc, maxc, maxc
-        flat[3 * p], flat[3 * p + 1], flat[3 * p + 2] = red, green, blue
+        r = np.float32(flat[3 * p])
+        g = np.float32(flat[3 * p + 1])
+        b = np.float32(flat[3 * p + 2])
+        hue, saturation = pil_hue_saturation(r, g, b)
+        hue += offset
+        if hue >= turn:
+            hue -= turn
+        red, green, blue = pil_hsv_to_rgb(hue, saturation, max(r, max(g, b)))
+        flat[3 * p] = np.uint8(red)
+        flat[3 * p + 1] = np.uint8(green)
+        flat[3 * p + 2] = np.uint8(blue)
 
 
 @kernel
@@ -137,15 +196,31 @@ def mean_luma_level(image) -> int:
     return int(total / pixels.shape[0] + 0.5)
 
 
+@kernel(inline="always")
+def blend_level_float32(degenerate, value, alpha: np.float32) -> np.uint8:
+    """:func:`blend_level` of float32 levels: the same float32 blend, with the clip as
+    min / max (branch-free, so the loop vectorises) before the truncation to uint8."""
+    t = degenerate + alpha * (value - degenerate)
+    return np.uint8(min(max(t, np.float32(0.0)), np.float32(255.0)))
+
+
 @kernel
 def saturate(image, factor: float) -> None:
-    """``ImageEnhance.Color``: blend every pixel with its own Pillow luma, in place."""
-    pixels = image.reshape(-1, 3)
+    """``ImageEnhance.Color``: blend every pixel with its own Pillow luma, in place.
+
+    All in float32 (levels, luma, blend), which is exact (:func:`pil_luma_float32`,
+    :func:`blend_level_float32`) and lets numba vectorise the loop.
+    """
+    flat = image.reshape(-1)
     alpha = np.float32(factor)
-    for p in range(pixels.shape[0]):
-        gray = pil_luma(pixels[p, 0], pixels[p, 1], pixels[p, 2])
-        for c in range(3):
-            pixels[p, c] = blend_level(gray, pixels[p, c], alpha)
+    for p in range(flat.size // 3):
+        r = np.float32(flat[3 * p])
+        g = np.float32(flat[3 * p + 1])
+        b = np.float32(flat[3 * p + 2])
+        gray = pil_luma_float32(r, g, b)
+        flat[3 * p] = blend_level_float32(gray, r, alpha)
+        flat[3 * p + 1] = blend_level_float32(gray, g, alpha)
+        flat[3 * p + 2] = blend_level_float32(gray, b, alpha)
 
 
 @kernel

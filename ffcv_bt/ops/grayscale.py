@@ -8,6 +8,7 @@ conversion is ITU-R 601-2 luma in 16-bit fixed point, ``L = (19595 R + 38470 G +
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,6 +25,19 @@ LUMA_R, LUMA_G, LUMA_B = 0.299, 0.587, 0.114
 def pil_luma(r, g, b) -> int:
     """Pillow's "L" value of one RGB pixel (601-2 luma, 16-bit fixed point, rounded)."""
     return (np.int32(r) * 19595 + np.int32(g) * 38470 + np.int32(b) * 7471 + 0x8000) >> 16
+
+
+@kernel(inline="always")
+def pil_luma_float32(r, g, b):
+    """:func:`pil_luma` of float32 levels, as a float32 level (for float32 loops that vectorise).
+
+    Exact: every product and partial sum of the fixed-point formula is an integer below
+    2^24 (the total is at most 65536 * 255 + 0x8000), so float32 holds it exactly, and
+    ``>> 16`` is the floor of an exact multiplication by 2^-16.
+    """
+    total = (np.float32(19595.0) * r + np.float32(38470.0) * g + np.float32(7471.0) * b
+             + np.float32(32768.0))
+    return np.float32(math.floor(total * np.float32(1.0 / 65536.0)))
 
 
 @kernel
