@@ -26,9 +26,9 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
-from .jit import kernel
 
 from .flip import hflip
+from .jit import kernel
 from .rng import STREAM_BLUR, EpochSeed, uniform_range
 from .solarize import solarize
 from .view_op import ViewOperation

@@ -27,8 +27,8 @@ from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.state import State
-from .jit import kernel
 
+from .jit import kernel
 from .rng import STREAM_CROP, EpochSeed, read_seed_epoch, stream_key, uniform_range
 
 

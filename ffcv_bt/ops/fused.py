@@ -25,12 +25,12 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from ffcv.pipeline.state import State
-from .jit import kernel
 
 from .blur import RandomGaussianBlurViews, gaussian_blur
 from .color_jitter import RandomColorJitterViews, pointwise_augment
 from .flip import RandomFlipViews, hflip
 from .grayscale import RandomGrayscaleViews, to_grayscale
+from .jit import kernel
 from .rng import read_seed_epoch
 from .solarize import RandomSolarizeViews
 from .solarize import solarize as solarize_levels

@@ -4,7 +4,7 @@ The reference converts PIL images with ``img.convert("L")`` (torchvision's
 ``rgb_to_grayscale`` on PIL images) and stacks the result into 3 channels. Pillow's "L"
 conversion is ITU-R 601-2 luma in 16-bit fixed point, ``L = (19595 R + 38470 G + 7471 B
 + 0x8000) >> 16`` (Pillow's src/libImaging/Convert.c, ``L24``; the weights are 0.299,
-0.587, 0.114 times 65536), which :func:`pil_luma` reproduces exactly.
+0.587, 0.114 times 65536), which :func:`pil_luma_float32` reproduces exactly.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import math
 from typing import Callable, Sequence
 
 import numpy as np
-from .jit import kernel
 
+from .jit import kernel
 from .rng import STREAM_GRAYSCALE, EpochSeed
 from .view_op import ViewOperation
 
@@ -22,14 +22,9 @@ LUMA_R, LUMA_G, LUMA_B = 0.299, 0.587, 0.114
 
 
 @kernel(inline="always")
-def pil_luma(r, g, b) -> int:
-    """Pillow's "L" value of one RGB pixel (601-2 luma, 16-bit fixed point, rounded)."""
-    return (np.int32(r) * 19595 + np.int32(g) * 38470 + np.int32(b) * 7471 + 0x8000) >> 16
-
-
-@kernel(inline="always")
 def pil_luma_float32(r, g, b):
-    """:func:`pil_luma` of float32 levels, as a float32 level (for float32 loops that vectorise).
+    """Pillow's "L" of one pixel of float32 levels, as a float32 level (for float32 loops
+    that vectorise): ``(19595 R + 38470 G + 7471 B + 0x8000) >> 16``.
 
     Exact: every product and partial sum of the fixed-point formula is an integer below
     2^24 (the total is at most 65536 * 255 + 0x8000), so float32 holds it exactly, and
@@ -42,14 +37,15 @@ def pil_luma_float32(r, g, b):
 
 @kernel
 def to_grayscale(image) -> None:
-    """Replace each pixel of an (H, W, 3) uint8 image by its Pillow luma, on all 3 channels."""
-    height, width, _ = image.shape
-    for y in range(height):
-        for x in range(width):
-            value = np.uint8(pil_luma(image[y, x, 0], image[y, x, 1], image[y, x, 2]))
-            image[y, x, 0] = value
-            image[y, x, 1] = value
-            image[y, x, 2] = value
+    """Replace each pixel of a C-contiguous (H, W, 3) uint8 image by its Pillow luma, on all
+    3 channels (float32 luma, exact and vectorised: :func:`pil_luma_float32`)."""
+    flat = image.reshape(-1)
+    for p in range(flat.size // 3):
+        value = np.uint8(pil_luma_float32(np.float32(flat[3 * p]), np.float32(flat[3 * p + 1]),
+                                          np.float32(flat[3 * p + 2])))
+        flat[3 * p] = value
+        flat[3 * p + 1] = value
+        flat[3 * p + 2] = value
 
 
 class RandomGrayscaleViews(ViewOperation):

@@ -19,9 +19,9 @@ with numba and in plain Python.
 from __future__ import annotations
 
 import numpy as np
-from .jit import kernel
-
 from ffcv.libffcv import ctypes_memcopy
+
+from .jit import kernel
 
 _MASK32 = np.uint64(0xFFFFFFFF)
 _MUL1 = np.uint64(0x7FEB352D)
