@@ -18,7 +18,7 @@ step, as a GPU machine (which normalises on the device) would see it. (e) is our
 other ops run on the training device; (e) times the workers' part. Then: the CPU cost per
 pair of both modes in worker core-milliseconds (workers / rate of (a') and (e)), the time
 per pair of the device-side ops on the training device (CUDA when present, else this CPU,
-one torch thread), and the loader ratios of (a) and (e).
+one torch thread), and the loader ratios of (a), (a') and (e).
 
 Usage: python bench/loader.py [--data IMAGEFOLDER] [--res 224] [--workers 2] [--epochs 3]
 Without --data, ~2000 synthetic photo-like JPEGs (about 256x340, quality 90) are generated
@@ -189,10 +189,15 @@ def device_ms_per_pair(loader, device: str, repeats: int = 3) -> float:
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    run()  # warm up (CUDA kernels, allocator)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        run()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a CPU: one core, as one GPU process would have spare
+    try:
+        run()  # warm up (CUDA kernels, allocator)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            run()
+    finally:
+        torch.set_num_threads(threads)
     pairs = repeats * sum(len(images) for images, _ in batches)
     return 1000 * (time.perf_counter() - start) / pairs
 
@@ -272,11 +277,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"CPU cost per pair (worker core-ms): aug.device cpu {1000 * args.workers / cpu_mode:.2f}, "
           f"aug.device gpu {1000 * args.workers / gpu_mode:.2f} ({gpu_mode / cpu_mode:.2f}x fewer)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    name = torch.cuda.get_device_name() if device == "cuda" else f"this CPU ({torch.get_num_threads()} torch threads)"
+    name = torch.cuda.get_device_name() if device == "cuda" else "this CPU (1 torch thread)"
     print(f"device-side ops of aug.device gpu on {name}: "
           f"{device_ms_per_pair(on_device, device):.3f} ms per pair")
     print(f"loader ratio ours/reference: {ours_median / reference_median:.2f} "
           f"(decode-bound fraction: {ours_median / decode_median:.2f})")
+    print(f"loader ratio ours, uint8 as a GPU machine sees it (a')/reference: "
+          f"{cpu_mode / reference_median:.2f} (decode-bound fraction: {cpu_mode / decode_median:.2f})")
     print(f"loader ratio ours with aug.device gpu (workers' part)/reference: "
           f"{gpu_mode / reference_median:.2f} (decode-bound fraction: {gpu_mode / decode_median:.2f})")
 
