@@ -115,6 +115,10 @@ class Pretrainer:
             seed=self.recipe["train"]["seed"], device=self.device,
             distributed=self.dist.distributed, order=data["order"], in_memory=data["in_memory"],
             channels_last=self.channels_last, augment_on=self.recipe["aug"]["device"])
+        if self.device.type == "cpu" and self.recipe["aug"]["device"] == "gpu":
+            warnings.warn("aug.device=gpu with a CPU training device: the augmentations run as "
+                          "torch ops in the training process, far slower than the loader's "
+                          "numba workers (bench/loader.py); use aug.device=cpu on CPUs")
         # FFCV sets torch's thread count to its worker count: set it deliberately.
         if self.device.type == "cpu":
             set_cpu_compute_threads()
