@@ -177,3 +177,28 @@ def test_non_finite_loss_stops_naming_the_step(tiny_dataset: Path, tmp_path: Pat
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values()
                                        if v.is_floating_point())
+
+
+@pytest.mark.timeout(600)
+def test_aug_device_gpu_reaches_the_loader_and_warns_on_a_cpu(tiny_dataset: Path,
+                                                                tmp_path: Path) -> None:
+    """``aug.device`` from the recipe picks the loader mode: the device path gives the
+    numba path's first batch (to within one level), and a CPU training device warns."""
+    from ffcv_bt.config import load_recipe
+    from ffcv_bt.distributed import DistInfo
+    from ffcv_bt.pretrain import Pretrainer
+
+    path = write_tiny_recipe(tmp_path, tiny_dataset)
+    first = {}
+    for mode in ("cpu", "gpu"):
+        recipe = load_recipe(path, {"aug.device": mode})
+        if mode == "gpu":
+            with pytest.warns(UserWarning, match="aug.device=gpu with a CPU training device"):
+                trainer = Pretrainer(recipe, tmp_path / mode, DistInfo())
+        else:
+            trainer = Pretrainer(recipe, tmp_path / mode, DistInfo())
+        assert ("params" in trainer.loader.ffcv_loader.pipeline_specs) == (mode == "gpu")
+        first[mode] = [view.clone() for view in next(iter(trainer.loader))]
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    for a, b in zip(first["cpu"], first["gpu"], strict=True):
+        assert float(((a - b).abs() * std * 255).max()) <= 1.0
