@@ -180,7 +180,7 @@ def device_ms_per_pair(loader, device: str, repeats: int = 3) -> float:
         batches.append((images.to(device).clone(), params.clone()))
         if len(batches) == 4:
             break
-    threshold = loader._solarize_threshold
+    threshold = loader.solarize_threshold
 
     def run() -> None:
         for images, params in batches:

@@ -187,7 +187,7 @@ class TwoViewLoader:
                  seed: EpochSeed, device: torch.device, channels_last: bool, with_labels: bool,
                  solarize_threshold: int = 128):
         self._loader = loader
-        self._solarize_threshold = solarize_threshold
+        self.solarize_threshold = solarize_threshold
         self._decoders = decoders
         self._seed = seed
         self._outputs = list(loader.pipeline_specs)  # FFCV yields one tensor per pipeline, in this order
@@ -234,8 +234,8 @@ class TwoViewLoader:
             else:
                 first, second = images[:, 0], images[:, 1]
             if "params" in batch:  # aug.device gpu: the remaining ops run here, on the device
-                first = augment_views(first, batch["params"][:, 0], self._solarize_threshold)
-                second = augment_views(second, batch["params"][:, 1], self._solarize_threshold)
+                first = augment_views(first, batch["params"][:, 0], self.solarize_threshold)
+                second = augment_views(second, batch["params"][:, 1], self.solarize_threshold)
             views = (normalize_images(first, self.device, self.channels_last),
                      normalize_images(second, self.device, self.channels_last))
             if self.with_labels:

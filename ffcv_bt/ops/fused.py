@@ -9,8 +9,8 @@ decisions (same random streams, see :mod:`ffcv_bt.ops.view_op`), then runs:
 - the blur's six box passes, with solarize folded into the last one
   (:func:`ffcv_bt.ops.blur.gaussian_blur`).
 
-Every pass works in place on the view (no temporary image) and vectorises or uses a
-256-entry table; fusing the jitter parts into one per-pixel loop measured slower (its
+Every pass works in place on the view (no temporary image) and, but for the blur's
+running sums and the flip, is a loop numba vectorises; fusing the jitter parts into one per-pixel loop measured slower (its
 branches keep the hue arithmetic from vectorising), so the gain over the five separate
 ops is one FFCV op and one decision loop instead of five, not fewer pixel passes.
 Flip commutes with every pixel-wise op and with the (mirror-symmetric) blur, so the result
