@@ -5,10 +5,11 @@ above all) can starve the GPU. With ``aug.device: gpu`` the workers only decode,
 flip, and :func:`augment_views` applies colour jitter, grayscale, Gaussian blur and
 solarize to whole uint8 batches on the device, with the decisions the loader drew for
 each sample (:class:`ffcv_bt.ops.view_params.ViewParamsDecoder`, the same counter-based
-draws as the numba path). The arithmetic is the numba ops' (which is Pillow's, see
-:mod:`ffcv_bt.ops.color_jitter` and :mod:`ffcv_bt.ops.blur`): float32 blends truncated to
-uint8, Pillow's 8-bit HSV round trip with its float32/double steps, the extended box blur
-in 24-bit fixed point, so on a CPU the two paths agree to the level (tests/test_device_augment.py).
+draws as the numba path). The arithmetic is Pillow's, as in the numba ops
+(:mod:`ffcv_bt.ops.color_jitter`, :mod:`ffcv_bt.ops.blur`): float32 blends truncated to
+uint8, the 8-bit HSV round trip in Pillow's own float32/double steps, the extended box blur
+in 24-bit fixed point; each op equals PIL and the two loader paths agree to the level
+(tests/test_device_augment.py).
 
 Flip is left to the loader (it commutes with every op here), and the order is the
 reference's: jitter (its four parts in the sample's random order), grayscale, blur, solarize.
@@ -64,8 +65,8 @@ def _clamp_level(x: torch.Tensor) -> torch.Tensor:
 def rotate_hue(images: torch.Tensor, hue_factor: torch.Tensor) -> torch.Tensor:
     """Pillow's RGB -> 8-bit HSV, ``H += int(hue_factor * 255)`` (mod 256), HSV -> RGB.
 
-    The float32 / double steps of Pillow's Convert.c (``rgb2hsv_row``, ``hsv2rgb``) in the
-    same order as :func:`ffcv_bt.ops.color_jitter.hue_rotate`.
+    The float32 / double steps of Pillow's Convert.c (``rgb2hsv_row``, ``hsv2rgb``) as
+    written there (the numba kernel uses a float32-only form checked equal on every colour).
     """
     f32, f64 = torch.float32, torch.float64
     r, g, b = images[:, 0], images[:, 1], images[:, 2]
