@@ -238,8 +238,8 @@ def pointwise_augment(image, params, gray: bool, threshold: int, flip: bool) -> 
 
     ``params``: brightness, contrast, saturation factors, hue factor (NaN: part disabled),
     then the four part ids in application order (an empty array: no jitter). ``threshold``
-    256 disables solarize. One vectorised or table pass per part (contrast adds a read pass
-    for the mean luma of the image it receives).
+    256 disables solarize. One vectorised pass per part (contrast adds a read pass for the
+    mean luma of the image it receives).
     """
     parts = active_parts(params) if params.size >= JITTER_PARAMS else np.empty(0, np.int64)
     for part in parts:

@@ -28,13 +28,11 @@ from ffcv.pipeline.state import State
 
 from .blur import RandomGaussianBlurViews, gaussian_blur
 from .color_jitter import RandomColorJitterViews, pointwise_augment
-from .flip import RandomFlipViews, hflip
-from .grayscale import RandomGrayscaleViews, to_grayscale
+from .flip import RandomFlipViews
+from .grayscale import RandomGrayscaleViews
 from .jit import kernel
-from .rng import read_seed_epoch
 from .solarize import RandomSolarizeViews
-from .solarize import solarize as solarize_levels
-from .view_op import ViewOperation
+from .view_op import ViewOperation, view_loop
 
 COMPONENTS = (RandomFlipViews, RandomColorJitterViews, RandomGrayscaleViews,
               RandomGaussianBlurViews, RandomSolarizeViews)
@@ -51,16 +49,9 @@ def augment_view(image, flip: bool, jitter, gray: bool, blur, solarize: bool,
     blurred = blur[0] != 0.0
     solarize_at = threshold if solarize else 256
     pointwise_at = 256 if blurred else solarize_at
-    if jitter[0] != 0.0:
-        pointwise_augment(image, jitter[1:], gray, pointwise_at, flip)
-    else:
-        # Each of these is a cheap vectorised pass; one generic loop for them measured slower.
-        if gray:
-            to_grayscale(image)
-        if pointwise_at < 256:
-            solarize_levels(image, pointwise_at)
-        if flip:
-            hflip(image)
+    # no jitter: an empty parameter array, and pointwise_augment runs only the other passes
+    pointwise_augment(image, jitter[1:] if jitter[0] != 0.0 else jitter[:0], gray,
+                      pointwise_at, flip)
     if blurred:
         gaussian_blur(image, blur[1], False, solarize_at)
 
@@ -92,26 +83,15 @@ class FusedViewAugment(Operation):
         decide_flip, decide_jitter, decide_gray, decide_blur, decide_solarize = (
             op.decide_function() for op in self.components)
         threshold = self.components[4].threshold
-        read_seed = Compiler.compile(read_seed_epoch)
-        my_range = Compiler.get_iterator()
-        address = self.seed.address
 
-        def augment_views(images, _unused_dst, indices):
-            seed, epoch = read_seed(address)
-            for i in my_range(images.shape[0]):
-                sample = indices[i]
-                for v in range(images.shape[1]):
-                    flip = decide_flip(seed, epoch, sample, v)[0] != 0.0
-                    jitter = decide_jitter(seed, epoch, sample, v)
-                    gray = decide_gray(seed, epoch, sample, v)[0] != 0.0
-                    blur = decide_blur(seed, epoch, sample, v)
-                    solarize = decide_solarize(seed, epoch, sample, v)[0] != 0.0
-                    augment_view(images[i, v], flip, jitter, gray, blur, solarize, threshold)
-            return images
-
-        augment_views.is_parallel = True
-        augment_views.with_indices = True
-        return augment_views
+        def augment_one_view(image, seed, epoch, sample, v):
+            flip = decide_flip(seed, epoch, sample, v)[0] != 0.0
+            jitter = decide_jitter(seed, epoch, sample, v)
+            gray = decide_gray(seed, epoch, sample, v)[0] != 0.0
+            blur = decide_blur(seed, epoch, sample, v)
+            solarize = decide_solarize(seed, epoch, sample, v)[0] != 0.0
+            augment_view(image, flip, jitter, gray, blur, solarize, threshold)
+        return view_loop(Compiler.compile(augment_one_view), self.seed)
 
     def declare_state_and_memory(self, previous_state: State) -> Tuple[State, Optional[AllocationQuery]]:
         for op in self.components:

@@ -54,6 +54,26 @@ def make_decide(stream: int, first_view: int, probabilities: np.ndarray, draw: C
     return decide
 
 
+def view_loop(apply_view: Callable, seed: EpochSeed) -> Callable:
+    """The FFCV code of a per-view op: ``apply_view(image, seed, epoch, sample, v)`` on view
+    ``v`` of every sample of the batch, in place, samples in parallel; ``(seed, epoch)`` is
+    read from ``seed`` once per batch. ``apply_view`` must be compiled (``Compiler.compile``)."""
+    read_seed = Compiler.compile(read_seed_epoch)
+    my_range = Compiler.get_iterator()
+    address = seed.address
+
+    def apply_to_views(images, _unused_dst, indices):
+        seed_value, epoch = read_seed(address)
+        for i in my_range(images.shape[0]):
+            for v in range(images.shape[1]):
+                apply_view(images[i, v], seed_value, epoch, indices[i], v)
+        return images
+
+    apply_to_views.is_parallel = True
+    apply_to_views.with_indices = True
+    return apply_to_views
+
+
 class ViewOperation(Operation):
     """Apply ``view_kernel`` in place to each view of each sample with a per-view probability.
 
@@ -104,22 +124,12 @@ class ViewOperation(Operation):
     def generate_code(self) -> Callable:
         kernel = Compiler.compile(self.view_kernel())
         decide = self.decide_function()
-        read_seed = Compiler.compile(read_seed_epoch)
-        my_range = Compiler.get_iterator()
-        address = self.seed.address
 
-        def apply_to_views(images, _unused_dst, indices):
-            seed, epoch = read_seed(address)
-            for i in my_range(images.shape[0]):
-                for v in range(images.shape[1]):
-                    params = decide(seed, epoch, indices[i], v)
-                    if params[0] != 0.0:
-                        kernel(images[i, v], params[1:])
-            return images
-
-        apply_to_views.is_parallel = True
-        apply_to_views.with_indices = True
-        return apply_to_views
+        def apply_view(image, seed, epoch, sample, v):
+            params = decide(seed, epoch, sample, v)
+            if params[0] != 0.0:
+                kernel(image, params[1:])
+        return view_loop(Compiler.compile(apply_view), self.seed)
 
     def declare_state_and_memory(self, previous_state: State) -> Tuple[State, Optional[AllocationQuery]]:
         shape = previous_state.shape
