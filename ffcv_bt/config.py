@@ -257,6 +257,10 @@ def _check_consistency(values: dict, path: Path) -> None:
     if r["end_ramp"] < r["start_ramp"]:
         raise ConfigError(f"{path}: resolution.end_ramp ({r['end_ramp']}) < "
                           f"resolution.start_ramp ({r['start_ramp']})")
+    if r["min_res"] != r["max_res"] and (r["min_res"] % r["multiple"] or r["max_res"] % r["multiple"]):
+        raise ConfigError(f"{path}: a resolution ramp rounds to multiples of resolution.multiple "
+                          f"({r['multiple']}); min_res ({r['min_res']}) and max_res "
+                          f"({r['max_res']}) must be multiples of it")
     a = values["aug"]
     if a["scale_min"] > a["scale_max"]:
         raise ConfigError(f"{path}: aug.scale_min > aug.scale_max")

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from ffcv_bt import device_profile
 from ffcv_bt.config import Recipe
 from ffcv_bt.errors import ConfigError
-from ffcv_bt.schedules import lr_at, resolution_at
+from ffcv_bt.schedules import lr_at, resolution_of_recipe
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 MAX_EPOCHS = 100_000  # optim.epochs' declared range
@@ -86,7 +86,7 @@ def schedule_segments(resolution: dict[str, int], epochs: int) -> list[tuple[int
     r = resolution
     segments: list[tuple[int, int, int]] = []
     for e in range(epochs):
-        res = resolution_at(e, r["min_res"], r["max_res"], r["start_ramp"], r["end_ramp"])
+        res = resolution_of_recipe(e, r)
         if segments and segments[-1][2] == res:
             segments[-1] = (segments[-1][0], e, res)
         else:
@@ -272,7 +272,14 @@ def describe_plan(recipe: Recipe, devices_dir: str | Path | None = None,
              f"stages: {', '.join(recipe.stages)}"
              + ("  (+ random-init control for each evaluation)" if recipe["eval"]["control"] else ""),
              f"model: {recipe['model']['arch']} width {recipe['model']['width']}, projector "
-             f"{recipe['model']['projector']}; loss lambd {recipe['loss']['lambd']}",
+             f"{recipe['model']['projector']}; loss lambd {recipe['loss']['lambd']}, "
+             f"scale {recipe['loss']['scale_loss']:g}",
+             f"optimizer: LARS momentum {o['momentum']:g}, eta {o['eta']:g}, weight decay "
+             f"{o['weight_decay']:g}; lr {o['lr_weights']:g} weights / {o['lr_biases']:g} biases "
+             f"x batch/256, {o['warmup_epochs']:g} warmup epochs, cosine to {o['final_lr_ratio']:g}x",
+             f"evaluation: {recipe.protocol_file} (linear probe lr {recipe['linear']['lr']:g}; "
+             f"semi lr {recipe['semi']['lr_backbone']:g} backbone / "
+             f"{recipe['semi']['lr_classifier']:g} classifier)",
              f"pretraining: {o['epochs']} epochs x {steps:,} steps of global batch {o['batch_size']}",
              "resolution schedule:"]
     for first, last, res in resolution_segments(recipe):

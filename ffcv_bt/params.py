@@ -44,6 +44,8 @@ _section(
     max_res=_p(int, "crop size from end_ramp on", InRange(8, 1024)),
     start_ramp=_p(int, "last epoch at min_res", InRange(0, 100000)),
     end_ramp=_p(int, "first epoch at max_res", InRange(0, 100000)),
+    multiple=_p(int, "ramp sizes round to the nearest multiple of this (FFCV: 32)",
+                InRange(1, 1024)),
 )
 _section(
     "aug", "Barlow Twins augmentations (two asymmetric views)",

@@ -39,7 +39,7 @@ from ffcv_bt.monitor import TrainingMonitor
 from ffcv_bt.objective import barlow_twins_loss
 from ffcv_bt.optim import LARS, param_groups_for_lars, set_learning_rates
 from ffcv_bt.preemption import StopSignals
-from ffcv_bt.schedules import lr_at, resolution_at
+from ffcv_bt.schedules import lr_at, resolution_of_recipe
 
 
 def seed_everything(seed: int) -> None:
@@ -111,7 +111,7 @@ class Pretrainer:
         loader = make_pretrain_loader(
             str(beton_path(data["dir"], "train")), batch_size_per_rank=batch // self.dist.world_size,
             num_workers=data["num_workers"], aug=AugmentationParams.from_config(self.recipe["aug"]),
-            res=resolution_at(0, r["min_res"], r["max_res"], r["start_ramp"], r["end_ramp"]),
+            res=resolution_of_recipe(0, r),
             seed=self.recipe["train"]["seed"], device=self.device,
             distributed=self.dist.distributed, order=data["order"], in_memory=data["in_memory"],
             channels_last=self.channels_last, augment_on=self.recipe["aug"]["device"])
@@ -232,7 +232,7 @@ class Pretrainer:
         checkpoint, so a checkpoint never holds weights updated by a non-finite loss.
         """
         r, o = self.recipe["resolution"], self.recipe["optim"]
-        res = resolution_at(epoch, r["min_res"], r["max_res"], r["start_ramp"], r["end_ramp"])
+        res = resolution_of_recipe(epoch, r)
         self.loader.set_resolution(res)
         self.loader.set_epoch(epoch)
         steps = self.steps_per_epoch()

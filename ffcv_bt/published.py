@@ -65,14 +65,27 @@ BASELINE_COSTS = (
 BASELINE_HOURS = min(cost.hours for cost in BASELINE_COSTS)  # ratios use the lower
 BASELINE_HARDWARE = "V100"
 
+FIRST_RELEASE = "first release of the reference code (f13c949, March 2021)"
+SECOND_RELEASE = "second release of the reference code (046eec3, June 2021)"
+
 PAPER = Published(
-    "Barlow Twins paper", PAPER_SOURCE, PAPER_URL, "1000 ep, batch 2048, LARS", 1000,
+    "Barlow Twins paper, first release", PAPER_SOURCE, PAPER_URL,
+    f"1000 ep, batch 2048, LARS, scale-loss 0.024; {FIRST_RELEASE}; linear probe lr 0.1 "
+    "(protocol standard)", 1000,
     linear=(73.3, 91.0), semi1=(55.0, 79.2), semi10=(69.7, 89.3),
     hardware="16x V100 (README) / 32x V100 (paper)", pretrain_hours=BASELINE_HOURS,
     hours_note="released code's README; the paper's text: 3,968")
+SECOND_RELEASE_MODEL = Published(
+    "Barlow Twins, second release", "the second release's README", BT_REPO,
+    f"1000 ep, batch 2048, LARS, lr 0.2 weights / 0.0048 biases; {SECOND_RELEASE}; linear "
+    "probe lr 0.3 (protocol release2)", 1000,
+    linear=(73.5, 91.0), hardware="16x V100 (README)", pretrain_hours=BASELINE_HOURS,
+    hours_note="its README's ~7 days on 16 V100")
 RELEASED_WEIGHTS = Published(
     "re-evaluation of the released weights", "barlowtwins GitHub issue 14",
-    f"{BT_REPO}/issues/14", "the released 1000 ep checkpoint", 1000,
+    f"{BT_REPO}/issues/14",
+    "the released 1000 ep ResNet-50 weights re-evaluated by a third party (its 73.27 "
+    "matches the first release's model, 73.3; protocol as stated in the thread)", 1000,
     linear=(73.27, 91.09), semi1=(55.09, 79.89), semi10=(68.89, 88.97),
     hardware="16x V100 (README)", pretrain_hours=BASELINE_HOURS,
     hours_note="the baseline's pretraining")
@@ -87,6 +100,7 @@ _LIGHTLY = ("lightly ImageNet benchmarks",
 
 PUBLISHED: tuple[Published, ...] = (
     PAPER,
+    SECOND_RELEASE_MODEL,
     RELEASED_WEIGHTS,
     Published("VISSL, 300 ep", *_VISSL, "300 ep, batch 2048, 32 GPUs", 300, linear=(70.75, None),
               hardware="32 GPUs"),

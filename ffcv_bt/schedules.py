@@ -7,23 +7,30 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 def resolution_at(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int,
                   multiple: int = 32) -> int:
-    """Training resolution for ``epoch`` (0-based), as in FFCV's ImageNet recipes.
+    """Training resolution for ``epoch`` (0-based), rounded as FFCV's ImageNet code does.
 
-    ``min_res`` until ``start_ramp``, a linear ramp reaching ``max_res`` at ``end_ramp``,
-    then ``max_res``. Values on the ramp are rounded down to a multiple of ``multiple``
-    (never below ``min_res``'s own rounding); the end points are returned exactly.
+    FFCV's ``train_imagenet.py`` (and FFCV-SSL) use
+    ``int(np.round(np.interp(epoch, [start_ramp, end_ramp], [min_res, max_res]) / 32)) * 32``:
+    ``min_res`` until ``start_ramp``, a linear ramp to ``max_res`` at ``end_ramp``, rounded to
+    the NEAREST multiple (numpy rounds halves to even). A fixed resolution
+    (``min_res == max_res``) is returned as is, so a 28 px recipe needs no multiple of 32.
     """
-    if epoch <= start_ramp or max_res == min_res:
+    if max_res == min_res:
         return min_res
-    if epoch >= end_ramp:
-        return max_res
-    frac = (epoch - start_ramp) / (end_ramp - start_ramp)
-    res = min_res + frac * (max_res - min_res)
-    res = int(res // multiple) * multiple
-    return max(min(res, max_res), min_res)
+    res = np.interp(epoch, [start_ramp, end_ramp], [min_res, max_res])
+    return int(np.round(res / multiple)) * multiple
+
+
+def resolution_of_recipe(epoch: int, resolution: dict) -> int:
+    """``resolution_at`` for a recipe's ``resolution`` section."""
+    r = resolution
+    return resolution_at(epoch, r["min_res"], r["max_res"], r["start_ramp"], r["end_ramp"],
+                         r["multiple"])
 
 
 def lr_at(step: int, steps_per_epoch: int, epochs: int, batch_size: int,

@@ -25,7 +25,9 @@ def test_1000ep_is_the_reference_recipe() -> None:
     assert r["model"]["zero_init_residual"] is True
     assert r["loss"]["lambd"] == 0.0051
     o = r["optim"]
-    assert (o["batch_size"], o["epochs"], o["lr_weights"], o["lr_biases"]) == (2048, 1000, 0.2, 0.0048)
+    # the first release: one learning rate, loss scale 0.024 / 16 GPUs
+    assert (o["batch_size"], o["epochs"], o["lr_weights"], o["lr_biases"]) == (2048, 1000, 0.2, 0.2)
+    assert r["loss"]["scale_loss"] == 0.0015
     assert (o["weight_decay"], o["momentum"], o["eta"], o["warmup_epochs"], o["final_lr_ratio"]) == \
         (1e-6, 0.9, 0.001, 10.0, 0.001)
     a = r["aug"]
@@ -35,6 +37,16 @@ def test_1000ep_is_the_reference_recipe() -> None:
     assert r["resolution"]["min_res"] == r["resolution"]["max_res"] == 224
     assert r["linear"]["epochs"] == 100 and r["linear"]["batch_size"] == 256
     assert r["semi"]["epochs"] == 20 and r["semi"]["weight_decay"] == 0.0
+    assert (r["linear"]["lr"], r["semi"]["lr_backbone"], r["semi"]["lr_classifier"]) == \
+        (0.1, 0.002, 0.5)
+
+
+def test_release2_recipe_and_protocol() -> None:
+    r = load_recipe(RULES_DIR / "1000ep-release2.yaml")
+    assert (r["loss"]["scale_loss"], r["optim"]["lr_weights"], r["optim"]["lr_biases"]) == \
+        (0.0625, 0.2, 0.0048)
+    assert (r["linear"]["lr"], r["semi"]["lr_backbone"], r["semi"]["lr_classifier"]) == \
+        (0.3, 0.005, 0.5)
 
 
 def _write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:

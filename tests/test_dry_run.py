@@ -12,7 +12,7 @@ from ffcv_bt import device_profile
 from ffcv_bt.config import RULES_DIR, load_recipe
 from ffcv_bt.dry_run import IMAGENET_TRAIN_IMAGES, describe_plan, fit_to_budget
 from ffcv_bt.errors import ConfigError
-from ffcv_bt.schedules import resolution_at
+from ffcv_bt.schedules import resolution_of_recipe
 
 DEVICE = "Test GPU 80GB"
 PROFILE = {
@@ -39,7 +39,7 @@ def _hours(recipe_values: dict, rate) -> float:
     r, epochs = recipe_values["resolution"], recipe_values["optim"]["epochs"]
     seconds = 0.0
     for e in range(epochs):
-        res = resolution_at(e, r["min_res"], r["max_res"], r["start_ramp"], r["end_ramp"])
+        res = resolution_of_recipe(e, r)
         seconds += IMAGENET_TRAIN_IMAGES / rate(res)
     return seconds / 3600
 

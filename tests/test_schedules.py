@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from ffcv_bt.schedules import cosine_epoch_lr, lr_at, resolution_at
+from ffcv_bt.config import RULES_DIR, load_recipe
+from ffcv_bt.dry_run import resolution_segments
+from ffcv_bt.schedules import cosine_epoch_lr, lr_at, resolution_at, resolution_of_recipe
 
 
 def test_resolution_holds_ramps_and_holds() -> None:
@@ -16,9 +20,35 @@ def test_resolution_holds_ramps_and_holds() -> None:
     assert ramp == sorted(ramp)
     # halfway: 160 + 0.5 * 64 = 192, a multiple of 32
     assert resolution_at(15, **kw) == 192
-    # 160 + 0.7 * 64 = 204.8 -> rounded down to 192
+    # 160 + 0.7 * 64 = 204.8 -> nearest multiple of 32: 192; 0.8: 211.2 -> 224
     assert resolution_at(17, **kw) == 192
+    assert resolution_at(18, **kw) == 224
     assert all(r % 32 == 0 for r in ramp)
+
+
+def test_resolution_rounds_halves_to_even_as_numpy() -> None:
+    # 160 -> 224 over 4 epochs: 176 = 5.5 x 32 -> 6 x 32; 208 = 6.5 x 32 -> 6 x 32 (even)
+    assert [resolution_at(e, 160, 224, 0, 4) for e in range(5)] == [160, 192, 192, 192, 224]
+    assert [resolution_at(e, 16, 32, 0, 4, multiple=8) for e in range(5)] == [16, 16, 24, 32, 32]
+
+
+def ffcv_resolution(epoch: int, r: dict) -> int:
+    """FFCV's train_imagenet.py get_resolution, written out (its multiple is 32)."""
+    if r["min_res"] == r["max_res"]:
+        return r["min_res"]
+    value = np.interp(epoch, [r["start_ramp"], r["end_ramp"]], [r["min_res"], r["max_res"]])
+    return int(np.round(value / r["multiple"])) * r["multiple"]
+
+
+@pytest.mark.parametrize("path", sorted(RULES_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_recipe_rounds_as_ffcv_at_every_epoch(path: Path) -> None:
+    recipe = load_recipe(path)
+    r = recipe["resolution"]
+    assert r["multiple"] == 32 or r["max_res"] < 64, "ImageNet recipes round as FFCV: to 32"
+    expected = [ffcv_resolution(e, r) for e in range(recipe["optim"]["epochs"])]
+    assert [resolution_of_recipe(e, r) for e in range(recipe["optim"]["epochs"])] == expected
+    segments = resolution_segments(recipe)
+    assert [res for first, last, res in segments for _ in range(first, last + 1)] == expected
 
 
 def test_resolution_constant() -> None:
