@@ -107,14 +107,16 @@ def process_group(backend: str = "auto") -> Iterator[DistInfo]:
         dist.destroy_process_group()
 
 
-def set_cpu_compute_threads() -> int:
-    """Give torch the CPU cores of this process minus one, which the FFCV loader uses.
+def set_cpu_compute_threads(requested: int = 0) -> int:
+    """Give torch ``requested`` threads, or (0) the CPU cores of this process minus one,
+    which the FFCV loader uses.
 
     FFCV's numba workers prepare the next batches while torch computes; when both use
-    every core, torch's OpenMP barriers wait on descheduled threads and a step gets ~10x
-    slower (measured on 2 cores: 5.8 s vs 0.9 s per demo step). Returns the thread count.
+    every core, torch's OpenMP barriers can wait on descheduled threads (measured once on 2
+    cores: 5.8 s vs 0.9 s per demo step), hence the default. bench/cpu_threads.py measures
+    both splits on a machine. Returns the thread count.
     """
     local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", 1)))
-    threads = max(1, (os.cpu_count() or 1) // max(local, 1) - 1)
+    threads = requested or max(1, (os.cpu_count() or 1) // max(local, 1) - 1)
     torch.set_num_threads(threads)
     return threads

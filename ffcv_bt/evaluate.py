@@ -135,7 +135,7 @@ class Evaluation:
         val = make_eval_loader(str(beton_path(self.data_dir, "val")), per_rank,
                                "val", indices=val_indices, distributed=False, **common)
         if self.device.type == "cpu":
-            set_cpu_compute_threads()
+            set_cpu_compute_threads(self.recipe["train"]["cpu_threads"])
         return train, val
 
     @property
@@ -373,7 +373,8 @@ def record_external(recipe: Recipe, protocol: str, weights: str, out_dir: Path,
         run_id=f"external-{Path(weights).stem}-{out_dir.name}", recipe=recipe.name,
         dataset=Manifest.read(recipe["data"]["dir"]).dataset_fields(),
         seed=recipe["train"]["seed"], protocol=protocol, backbone="external", epochs=0,
-        result=result, pretrain_gpu_hours=0.0, device=result["device"],
+        result=result, pretrain_gpu_hours=0.0, pretrain_epoch_equivalents=0.0,
+        device=result["device"],
         n_devices=result["n_devices"],
         git_sha=code["git_sha"] + ("-dirty" if code.get("dirty") else ""), run_dir=out_dir,
         repo_root=REPO_ROOT)

@@ -46,7 +46,7 @@ def _split_features(recipe: Recipe, backbone: nn.Module, data_dir: Path, split: 
                               resize_ratio=k["res"] / k["resize"], indices=indices,
                               in_memory=recipe["data"]["in_memory"])
     if dist.device.type == "cpu":
-        set_cpu_compute_threads()
+        set_cpu_compute_threads(recipe["train"]["cpu_threads"])
     features, labels = extract_features(backbone, loader, dist.device)
     return gather_rows(features.to(dist.device)).cpu(), gather_rows(labels.to(dist.device)).cpu()
 

@@ -185,7 +185,7 @@ class TrainingMonitor:
                 indices=indices[self.dist.rank::self.dist.world_size],
                 in_memory=self.recipe["data"]["in_memory"])
             if self.device.type == "cpu":
-                set_cpu_compute_threads()  # FFCV resets torch's thread count
+                set_cpu_compute_threads(self.recipe["train"]["cpu_threads"])  # FFCV resets torch's thread count
         return self._loaders[split]
 
     @property

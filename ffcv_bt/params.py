@@ -106,6 +106,8 @@ _section(
     max_steps_per_epoch=_p(int, "cut epochs short (0 = full epochs); for smoke runs",
                            InRange(0, 10**9)),
     deterministic=_p(bool, "torch deterministic algorithms (CPU resume tests)"),
+    cpu_threads=_p(int, "torch threads on a CPU: 0 = this process's cores minus one (the loader "
+                   "keeps one); N = exactly N", InRange(0, 1024)),
 )
 _section(
     "monitor", "Online monitoring during pretraining (kNN, RankMe, embedding std, loss terms)",

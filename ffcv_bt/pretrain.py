@@ -121,7 +121,7 @@ class Pretrainer:
                           "numba workers (bench/loader.py); use aug.device=cpu on CPUs")
         # FFCV sets torch's thread count to its worker count: set it deliberately.
         if self.device.type == "cpu":
-            set_cpu_compute_threads()
+            set_cpu_compute_threads(self.recipe["train"]["cpu_threads"])
         return loader
 
     @property

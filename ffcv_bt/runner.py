@@ -53,8 +53,8 @@ def _load_metadata(recipe: Recipe, run_dir: Path, dist: DistInfo) -> dict[str, A
 
 
 def _evaluations(recipe: Recipe) -> list[tuple[str, str, str]]:
-    """(stage key, protocol, backbone kind) in order; the random control follows each, and
-    for kNN the raw-pixel floor when the protocol asks for it."""
+    """(stage key, protocol, backbone kind) in order; with eval.control the random control
+    follows each, and for kNN the raw-pixel floor when the protocol asks for it."""
     out = []
     for stage in recipe.stages:
         if stage == "pretrain":
@@ -62,7 +62,7 @@ def _evaluations(recipe: Recipe) -> list[tuple[str, str, str]]:
         out.append((stage, stage, "pretrained"))
         if recipe["eval"]["control"]:
             out.append((f"{stage}-random", stage, "random"))
-        if stage == "knn" and recipe["knn"]["pixel_floor"]:
+        if stage == "knn" and recipe["knn"]["pixel_floor"] and recipe["eval"]["control"]:
             out.append(("knn-pixels", stage, "pixels"))
     return out
 
@@ -84,6 +84,7 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
     """Run every stage of ``recipe`` into ``run_dir``; return a printable summary and the
     runs.csv rows of its evaluations."""
     from ffcv_bt.data.manifest import Manifest
+    from ffcv_bt.dry_run import pretrain_cost_factor
     from ffcv_bt.pretrain import pretrain
     from ffcv_bt.results import generate
     from ffcv_bt.runs_csv import append_run_row, evaluation_row
@@ -118,6 +119,7 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
                              f"pretraining stage in this run folder (add 'pretrain' to --stages)")
 
     dataset = Manifest.read(recipe["data"]["dir"]).dataset_fields()
+    epoch_equivalents = pretrain_cost_factor(recipe)
     rows = []
     for key, protocol, kind in evaluations:
         weights = str(backbone_path) if kind == "pretrained" else kind
@@ -132,6 +134,7 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
             seed=recipe["train"]["seed"], protocol=protocol, backbone=kind,
             epochs=recipe["optim"]["epochs"] if kind == "pretrained" else 0, result=result,
             pretrain_gpu_hours=pretrain_hours if kind == "pretrained" else 0.0,
+            pretrain_epoch_equivalents=epoch_equivalents if kind == "pretrained" else 0.0,
             device=meta["device"], n_devices=meta["n_devices"],
             git_sha=meta["code"]["git_sha"] + ("-dirty" if meta["code"].get("dirty") else ""),
             run_dir=run_dir, repo_root=REPO_ROOT)
@@ -170,6 +173,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     parser.add_argument("--budget-hours", type=float, default=None,
                         help="fit optim.epochs (ramps and warmup scaled) to H estimated "
                         "pretraining device-hours on the measured device (see --dry-run)")
+    parser.add_argument("--name", default=None, help="the run's name in runs.csv and its "
+                        "default folder (default: the recipe file's stem); sweeps name "
+                        "their points <sweep>.<lever>")
+    parser.add_argument("--sweep", default=None, metavar="FILE", help="run every point of a "
+                        "sweep file (rules/sweeps/*.yaml) as an ordinary run; finished points "
+                        "are skipped, an unfinished one resumes")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and cost, run nothing")
     parser.add_argument("--slurm", action="store_true", help="submit to SLURM through submitit")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
@@ -223,17 +232,36 @@ def seed_summary(summaries: list[list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def check_run_name(name: str) -> None:
+    """A --name must be usable as a runs.csv recipe cell and a folder name."""
+    if not name or any(c.isspace() or c in "/\\" for c in name) or name.endswith(".yaml"):
+        raise ConfigError(f"--name {name!r}: no spaces, slashes or .yaml (it names runs.csv "
+                          f"rows and run folders)")
+
+
 def main(argv: list[str]) -> int:
     """``run.py``'s command line (see run.py): the recipe once per seed."""
     args, overrides = parse_args(argv)
-    recipe = load_recipe(args.config, overrides)
+    if args.sweep:
+        from ffcv_bt.sweep import run_sweep
+
+        return run_sweep(args.sweep, args, overrides, main)
+
+    def load(values: dict[str, str]) -> Recipe:
+        recipe = load_recipe(args.config, values)
+        if args.name:
+            check_run_name(args.name)
+            recipe.name = args.name
+        return recipe
+
+    recipe = load(overrides)
     if args.budget_hours is not None:
         from ffcv_bt.dry_run import fit_to_budget
 
         if "optim.epochs" in overrides:
             raise ConfigError("--budget-hours chooses optim.epochs; drop --optim.epochs")
         overrides.update({k: str(v) for k, v in fit_to_budget(recipe, args.budget_hours).items()})
-        recipe = load_recipe(args.config, overrides)
+        recipe = load(overrides)
     if args.dry_run:
         from ffcv_bt.dry_run import describe_plan
 
@@ -250,7 +278,7 @@ def main(argv: list[str]) -> int:
     all_rows: list[list[dict]] = []
     with process_group() as dist:
         for seed in seeds:
-            seeded = load_recipe(args.config, {**overrides, "train.seed": str(seed)})
+            seeded = load({**overrides, "train.seed": str(seed)})
             chosen = str(choose_run_dir(args, seeded, len(seeds) > 1)) if dist.is_main else None
             run_dir = Path(broadcast_object(chosen))  # type: ignore[arg-type]
             summary, rows = run_stages(seeded, run_dir, Path(args.results_dir), dist)

@@ -22,6 +22,10 @@ epochs                 int    >= 0, pretraining epochs; must be 0 for random and
 top1, top5             float  percent in [0, 100], final epoch
 best_top1              float  percent in [0, 100], best epoch; may be None or ""
 pretrain_gpu_hours     float  >= 0, device-hours of pretraining; must be 0 unless pretrained
+pretrain_epoch_equivalents
+                       float  >= 0, pretraining compute free of timing noise: the sum over
+                              epochs of (resolution / max_res)^2, i.e. epochs at max_res;
+                              x dataset_train_images = images at max_res; 0 unless pretrained
 eval_gpu_hours         float  >= 0, device-hours of this evaluation
 device                 str    non-empty, e.g. "NVIDIA A100-SXM4-80GB" or "cpu (AMD EPYC)"
 n_devices              int    >= 1
@@ -32,11 +36,12 @@ run_dir                str    run folder RELATIVE to the repository root for new
                               absolute paths (older rows, folders outside the repo) are read
 =====================  =====  ==============================================================
 
-Older files (``LEGACY_COLUMNS``: without dataset, dataset_classes, dataset_train_images,
-seed) still load: those cells read as dataset "unrecorded" and None. Appending to such a
-file first migrates it, once, under the lock, atomically (temporary file + rename), to the
-current header; old rows keep their values and get empty new cells. Apart from that
-one-time migration, rows are never rewritten.
+Older files (``OLDER_HEADERS``: ``LEGACY_COLUMNS`` without dataset, dataset_classes,
+dataset_train_images, seed; ``COLUMNS_V2`` without pretrain_epoch_equivalents) still load:
+the missing cells read as dataset "unrecorded" and None. Appending to such a file first
+migrates it, once, under the lock, atomically (temporary file + rename), to the current
+header; old rows keep their values and get empty new cells. Apart from that one-time
+migration, rows are never rewritten.
 """
 from __future__ import annotations
 
@@ -56,11 +61,15 @@ from ffcv_bt.errors import UserError
 LEGACY_COLUMNS = ["run_id", "recipe", "protocol", "backbone", "epochs", "top1", "top5",
                   "best_top1", "pretrain_gpu_hours", "eval_gpu_hours", "device", "n_devices",
                   "git_sha", "finished_at", "run_dir"]
-RUNS_COLUMNS = ["run_id", "recipe", "dataset", "dataset_classes", "dataset_train_images",
-                "seed", "protocol", "backbone", "epochs", "top1", "top5", "best_top1",
-                "pretrain_gpu_hours", "eval_gpu_hours", "device", "n_devices", "git_sha",
-                "finished_at", "run_dir"]
+COLUMNS_V2 = ["run_id", "recipe", "dataset", "dataset_classes", "dataset_train_images",
+              "seed", "protocol", "backbone", "epochs", "top1", "top5", "best_top1",
+              "pretrain_gpu_hours", "eval_gpu_hours", "device", "n_devices", "git_sha",
+              "finished_at", "run_dir"]
+RUNS_COLUMNS = COLUMNS_V2[:13] + ["pretrain_epoch_equivalents"] + COLUMNS_V2[13:]
+OLDER_HEADERS = (LEGACY_COLUMNS, COLUMNS_V2)
 NEW_COLUMNS = ("dataset", "dataset_classes", "dataset_train_images", "seed")
+OPTIONAL_NUMBERS = ("dataset_classes", "dataset_train_images", "seed",
+                    "pretrain_epoch_equivalents")  # None in rows recorded before them
 PROTOCOLS = ("linear", "semi1", "semi10", "knn")
 BACKBONES = ("pretrained", "random", "pixels", "external")
 UNRECORDED = "unrecorded"  # the dataset of rows recorded before the column existed
@@ -129,6 +138,12 @@ def _parse(row: dict, legacy_cells_allowed: bool) -> dict:
     clean["epochs"] = _integer(row, "epochs", 0)
     clean["n_devices"] = _integer(row, "n_devices", 1)
     _parse_dataset_and_seed(row, clean, legacy_cells_allowed)
+    if legacy_cells_allowed and clean["pretrain_epoch_equivalents"] == "":
+        clean["pretrain_epoch_equivalents"] = None
+    else:
+        clean["pretrain_epoch_equivalents"] = _number(row, "pretrain_epoch_equivalents", 0.0)
+        if clean["backbone"] != "pretrained" and clean["pretrain_epoch_equivalents"] != 0:
+            raise RunRowError("pretrain_epoch_equivalents", "no pretraining here, must be 0")
     if clean["backbone"] in ("random", "pixels") and clean["epochs"] != 0:
         raise RunRowError("epochs", f"{clean['epochs']} for backbone {clean['backbone']!r}: "
                                     f"nothing was pretrained, must be 0")
@@ -170,7 +185,7 @@ def relative_run_dir(run_dir: str | os.PathLike, repo_root: str | os.PathLike) -
 
 def evaluation_row(*, run_id: str, recipe: str, dataset: dict, seed: int, protocol: str,
                    backbone: str, epochs: int, result: dict, pretrain_gpu_hours: float,
-                   device: str, n_devices: int, git_sha: str, run_dir: str | os.PathLike,
+                   pretrain_epoch_equivalents: float, device: str, n_devices: int, git_sha: str, run_dir: str | os.PathLike,
                    repo_root: str | os.PathLike) -> dict:
     """One runs.csv row for an evaluation's ``result`` (its result.json); ``dataset`` holds
     dataset, dataset_classes and dataset_train_images (from the data folder's manifest)."""
@@ -179,7 +194,9 @@ def evaluation_row(*, run_id: str, recipe: str, dataset: dict, seed: int, protoc
     return {"run_id": run_id, "recipe": recipe, **dataset, "seed": seed, "protocol": protocol,
             "backbone": backbone, "epochs": epochs, "top1": result["top1"],
             "top5": result["top5"], "best_top1": result.get("best_top1"),
-            "pretrain_gpu_hours": pretrain_gpu_hours, "eval_gpu_hours": result["device_hours"],
+            "pretrain_gpu_hours": pretrain_gpu_hours,
+            "pretrain_epoch_equivalents": pretrain_epoch_equivalents,
+            "eval_gpu_hours": result["device_hours"],
             "device": device, "n_devices": n_devices, "git_sha": git_sha,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "run_dir": relative_run_dir(run_dir, repo_root)}
@@ -192,20 +209,20 @@ def _csv_line(values: list) -> bytes:
 
 
 def _migrated(csv_path: Path, data: bytes) -> bytes:
-    """The bytes of a LEGACY_COLUMNS file rewritten under RUNS_COLUMNS (new cells empty).
+    """The bytes of an OLDER_HEADERS file rewritten under RUNS_COLUMNS (new cells empty).
     Refuses (ValueError naming the line) a row with the wrong number of fields."""
     text = data.decode("utf-8")
     reader = csv.reader(io.StringIO(text, newline=""))
-    next(reader)
+    columns = next(reader)
     out = [_csv_line(RUNS_COLUMNS)]
     for record in reader:
         if not record:
             continue
-        if len(record) != len(LEGACY_COLUMNS):
+        if len(record) != len(columns):
             raise RunsFileError(f"{csv_path} line {reader.line_num}: {len(record)} fields, "
-                                f"expected {len(LEGACY_COLUMNS)}; fix it before appending "
+                                f"expected {len(columns)}; fix it before appending "
                                 f"(the file was not migrated)")
-        old = dict(zip(LEGACY_COLUMNS, record))
+        old = dict(zip(columns, record))
         out.append(_csv_line([old.get(key, "") for key in RUNS_COLUMNS]))
     return b"".join(out)
 
@@ -229,7 +246,7 @@ def append_run_row(csv_path: str | os.PathLike, row: dict) -> None:
 
     An exclusive ``flock`` serialises writers: the header is written exactly once (when the
     file is new or empty), rows never interleave, and a row after a torn last line starts
-    on its own line. A LEGACY_COLUMNS file is migrated once (atomically, under the lock)
+    on its own line. An OLDER_HEADERS file is migrated once (atomically, under the lock)
     together with this row; any other header is refused.
     """
     csv_path = Path(csv_path)
@@ -241,7 +258,7 @@ def append_run_row(csv_path: str | os.PathLike, row: dict) -> None:
         f.seek(0)
         header = f.readline().decode("utf-8")
         columns = next(csv.reader([header])) if header else []
-        if columns == LEGACY_COLUMNS:
+        if columns in OLDER_HEADERS:
             f.seek(0)
             data = _migrated(csv_path, f.read())
             atomic_write(csv_path, lambda tmp: _write_synced(tmp, data + line))
@@ -281,9 +298,9 @@ def read_runs(csv_path: str | os.PathLike) -> pd.DataFrame:
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         columns = next(reader, [])
-        if columns not in (RUNS_COLUMNS, LEGACY_COLUMNS):
+        if columns != RUNS_COLUMNS and columns not in OLDER_HEADERS:
             raise RunsFileError(f"{csv_path} line 1: header {columns} is neither the runs.csv "
-                             f"header {RUNS_COLUMNS} nor the older {LEGACY_COLUMNS}")
+                             f"header {RUNS_COLUMNS} nor an older one {list(OLDER_HEADERS)}")
         rows = []
         for record in reader:
             if not record:
@@ -299,7 +316,7 @@ def read_runs(csv_path: str | os.PathLike) -> pd.DataFrame:
                 raise RunsFileError(f"{csv_path} line {reader.line_num}, column {error.column!r}: "
                                  f"{error.detail}") from None
     runs = pd.DataFrame(rows, columns=RUNS_COLUMNS)
-    for key in NEW_COLUMNS[1:]:  # Python ints or None, not floats with NaN
+    for key in OPTIONAL_NUMBERS:  # Python numbers or None, not floats with NaN
         runs[key] = pd.Series([row[key] for row in rows], dtype=object)
     latest = runs.drop_duplicates(["run_id", "protocol", "backbone"], keep="last")
     return latest.reset_index(drop=True)

@@ -1,0 +1,170 @@
+"""Sweeps: a grid of ordinary runs over one base recipe (``run.py --sweep FILE``).
+
+A sweep file names a base recipe, the seeds and stages of every point, a list of epoch
+counts and the levers: each lever is a set of recipe overrides (and optionally a resolution
+ramp given as fractions of the run), crossed with the epoch counts. Every point is an
+ordinary ``run.py`` run under the name ``<sweep>.<lever>`` (the runs.csv ``recipe`` cell) in
+``results/runs/<sweep>/<lever>-e<epochs>/seed-<s>``, so it gets the same run folders,
+runs.csv rows, resume and seeds as run.py: a killed sweep started again skips the finished
+points and resumes the unfinished one. ``ffcv_bt.frontier`` turns the rows into tables.
+
+Example (rules/sweeps/demo-frontier.yaml)::
+
+    recipe: ../demo.yaml          # relative to the sweep file
+    seeds: "0,1,2"
+    stages: pretrain,knn,linear
+    epochs: [2, 4, 8, 16, 32]
+    warmup_fraction: 0.1          # optim.warmup_epochs = fraction x epochs (optional)
+    controls: first               # random-init controls and the pixel floor on the first point only
+    levers:
+      fixed-32px: {}
+      ramp-16-32px:
+        overrides: {resolution.min_res: 16, resolution.multiple: 8}
+        ramp: [0.5, 0.875]        # start_ramp, end_ramp as fractions of the epochs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from ffcv_bt.config import load_recipe
+from ffcv_bt.errors import ConfigError
+
+SWEEP_KEYS = {"recipe", "seeds", "stages", "epochs", "warmup_fraction", "controls", "levers",
+              "overrides"}
+LEVER_KEYS = {"overrides", "ramp", "epochs"}
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One configuration of a sweep: a lever at an epoch count, run once per seed."""
+
+    lever: str
+    epochs: int
+    overrides: dict[str, str]
+
+    @property
+    def folder(self) -> str:
+        return f"{self.lever}-e{self.epochs}"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    recipe: Path
+    seeds: list[int]
+    stages: str
+    points: list[SweepPoint]
+
+    def run_name(self, point: SweepPoint) -> str:
+        return f"{self.name}.{point.lever}"
+
+
+def _expect(condition: bool, path: Path, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{path}: {message}")
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and check a sweep file (every key and the base recipe with each point's
+    overrides) before anything runs; ConfigError names the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} not found")
+    spec = yaml.safe_load(path.read_text()) or {}
+    _expect(isinstance(spec, dict), path, "a sweep file is a mapping")
+    unknown = set(spec) - SWEEP_KEYS
+    _expect(not unknown, path, f"unknown key(s) {sorted(unknown)}; allowed {sorted(SWEEP_KEYS)}")
+    for key in ("recipe", "levers", "epochs"):
+        _expect(key in spec, path, f"missing key {key!r}")
+    recipe = (path.parent / spec["recipe"]).resolve()
+    _expect(recipe.is_file(), path, f"recipe {spec['recipe']!r} not found (looked at {recipe})")
+    seeds = [int(s) for s in str(spec.get("seeds", "0")).split(",") if s.strip()]
+    _expect(len(seeds) > 0, path, "seeds: at least one")
+    epochs = spec["epochs"]
+    _expect(isinstance(epochs, list) and all(isinstance(e, int) and e > 0 for e in epochs),
+            path, f"epochs: a list of positive integers, got {epochs!r}")
+    levers = spec["levers"]
+    _expect(isinstance(levers, dict) and levers, path, "levers: a non-empty mapping")
+    common = {k: str(v) for k, v in (spec.get("overrides") or {}).items()}
+    warmup = spec.get("warmup_fraction")
+    points = []
+    for lever, body in levers.items():
+        body = body or {}
+        _expect(isinstance(body, dict) and not set(body) - LEVER_KEYS, path,
+                f"levers.{lever}: allowed keys {sorted(LEVER_KEYS)}")
+        _expect(all(c.isalnum() or c in "-_" for c in lever), path,
+                f"levers.{lever}: letters, digits, - and _ only (it names folders)")
+        for e in body.get("epochs", epochs):
+            overrides = {**common, **{k: str(v) for k, v in (body.get("overrides") or {}).items()},
+                         "optim.epochs": str(e)}
+            if warmup is not None:
+                overrides["optim.warmup_epochs"] = str(float(warmup) * e)
+            if "ramp" in body:
+                start, end = body["ramp"]
+                _expect(0 <= start <= end <= 1, path, f"levers.{lever}.ramp: 0 <= start <= end <= 1")
+                overrides["resolution.start_ramp"] = str(round(start * e))
+                overrides["resolution.end_ramp"] = str(round(end * e))
+            points.append(SweepPoint(lever, e, overrides))
+    # epochs first: a sweep cut short still holds every lever at the smaller budgets
+    order = {e: i for i, e in enumerate(sorted({p.epochs for p in points}))}
+    points.sort(key=lambda p: order[p.epochs])
+    if spec.get("controls", "first") == "first":
+        points = [SweepPoint(p.lever, p.epochs, {**p.overrides, "eval.control": str(i == 0).lower()})
+                  for i, p in enumerate(points)]
+    sweep = Sweep(path.stem, recipe, seeds, str(spec.get("stages", "pretrain,knn,linear")), points)
+    for point in sweep.points:  # every point's recipe is valid before the first step
+        load_recipe(recipe, {**point.overrides, "run.stages": sweep.stages})
+    return sweep
+
+
+def point_finished(run_dir: Path) -> bool:
+    meta = run_dir / "run.json"
+    return meta.is_file() and bool(json.loads(meta.read_text()).get("finished"))
+
+
+def run_sweep(path: str | Path, args: argparse.Namespace, overrides: dict[str, str],
+              run: Callable[[list[str]], int]) -> int:
+    """Run every point of the sweep through ``run`` (runner.main); ``overrides`` from the
+    command line apply to every point (and are part of its configuration)."""
+    sweep = load_sweep(path)
+    if args.dry_run:
+        print(describe(sweep))
+        return 0
+    for key, value in overrides.items():
+        if key in ("run.stages", "run.seeds"):
+            continue
+        load_recipe(sweep.recipe, {**sweep.points[0].overrides, key: value})
+    root = Path(args.results_dir) / "runs" / sweep.name
+    seeds = ",".join(str(s) for s in sweep.seeds)
+    for i, point in enumerate(sweep.points, 1):
+        out = root / point.folder
+        folders = [out / f"seed-{s}" for s in sweep.seeds] if len(sweep.seeds) > 1 else [out]
+        label = f"[{i}/{len(sweep.points)}] {sweep.run_name(point)} {point.epochs} epochs"
+        if all(point_finished(f) for f in folders):
+            print(f"{label}: finished, skipped", flush=True)
+            continue
+        print(f"{label}: running seeds {seeds} into {out}", flush=True)
+        argv = ["--config", str(sweep.recipe), "--name", sweep.run_name(point), "--out", str(out),
+                "--seeds", seeds, "--stages", sweep.stages, "--results-dir", args.results_dir]
+        argv += [f"--{k}={v}" for k, v in {**point.overrides, **overrides}.items()
+                 if k not in ("run.stages", "run.seeds")]
+        if args.debug:
+            argv.append("--debug")
+        run(argv)
+    return 0
+
+
+def describe(sweep: Sweep) -> str:
+    """One line per point (for --dry-run)."""
+    lines = [f"sweep {sweep.name}: {len(sweep.points)} points x seeds {sweep.seeds} over {sweep.recipe}"]
+    for p in sweep.points:
+        shown = ", ".join(f"{k}={v}" for k, v in p.overrides.items())
+        lines.append(f"  {sweep.run_name(p)} e{p.epochs}: {shown}")
+    return "\n".join(lines)
+
