@@ -27,10 +27,19 @@ from ffcv_bt.errors import ConfigError, RunFolderError
 DEFAULT_RECIPE = REPO_ROOT / "rules" / "demo.yaml"
 
 
+def run_id_of(run_dir: Path) -> str:
+    """The runs.csv run_id of a run folder: its name, with the parent's for the seed-<s>
+    sub-folders of --out (two --out folders with several seeds must not share ids:
+    runs.csv keeps the latest row per run_id, protocol and backbone)."""
+    if run_dir.name.startswith("seed-"):
+        return f"{run_dir.parent.name}-{run_dir.name}"
+    return run_dir.name
+
+
 def _initial_metadata(recipe: Recipe, run_dir: Path, dist: DistInfo) -> dict[str, Any]:
     texts = {f: Path(f).read_text() for f in recipe.files + [recipe.protocol_file]}
     return {
-        "run_id": run_dir.name, "recipe": recipe.name, "recipe_files": texts,
+        "run_id": run_id_of(run_dir), "recipe": recipe.name, "recipe_files": texts,
         "overrides": recipe.overrides, "config": recipe.values,
         "code": code_version(REPO_ROOT), "libraries": library_versions(),
         **device_description(dist.device), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
