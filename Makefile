@@ -10,22 +10,17 @@ STAMP     := $(VENV)/.installed
 DEMO_OUT  ?= data/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: test demo test-all apt venv results clean-venv gpu-check
+.PHONY: test demo test-all lint frontier apt venv results clean-venv gpu-check offline-bundle
 
-# Tests that call the numba kernels directly run in their own pytest processes: once FFCV
-# has compiled a pipeline around a kernel, numba 0.68 serves a direct Python call of the same
-# kernel (or its helpers) an overload compiled in that pipeline's context, which returns
-# wrong pixels (zeros) or raises a dispatcher KeyError. The loader's own output is right
-# (tested); only a direct call in the same process is affected.
-KERNEL_TESTS := tests/test_ops.py tests/test_aug_draws.py tests/test_fidelity.py
-
+# The modules that call numba kernels directly run in their own processes (tests/conftest.py).
 test: $(STAMP)
-	$(VPY) -m pytest $(PYTEST_ARGS) $(addprefix --ignore=,$(KERNEL_TESTS))
-	@for t in $(KERNEL_TESTS); do $(VPY) -m pytest $(PYTEST_ARGS) $$t || exit 1; done
+	$(VPY) -m pytest $(PYTEST_ARGS)
 
 test-all: $(STAMP)
-	$(VPY) -m pytest -m "slow or not slow" $(PYTEST_ARGS) $(addprefix --ignore=,$(KERNEL_TESTS))
-	@for t in $(KERNEL_TESTS); do $(VPY) -m pytest -m "slow or not slow" $(PYTEST_ARGS) $$t || exit 1; done
+	$(VPY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VPY) -m ruff check .
 
 # The demo data: 1,000 train and 200 val real Fashion-MNIST images per class (converted once).
 DEMO_FLAGS ?= --demo-train-per-class 1000 --demo-val-per-class 200
@@ -39,10 +34,10 @@ demo: $(STAMP)
 # which `run.py --dry-run` then uses for the device named in a recipe's estimate.device.
 GPU_CHECK_ARGS ?=
 gpu-check: $(STAMP)
-	$(VPY) bench/gpu_check.py $(GPU_CHECK_ARGS)
+	$(VPY) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 results: $(STAMP)
-	$(VPY) -m ffcv_bt.results
+	$(VPY) -m ffcv_bt.reporting.tables
 
 apt:
 	@missing=""; for p in $(APT_PKGS); do \

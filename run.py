@@ -13,13 +13,10 @@ evaluation appends one row to results/runs.csv and regenerates results/README.md
 results/cost_accuracy.png. User errors print one line ``error: ...`` (``--debug`` adds the
 traceback); see ffcv_bt/runner.py and ffcv_bt/cli.py.
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from ffcv_bt.cli import run_command  # noqa: E402
-from ffcv_bt.runner import main  # noqa: E402
+from ffcv_bt.cli import run_command
+from ffcv_bt.runner import main
 
 if __name__ == "__main__":
     raise SystemExit(run_command(main))

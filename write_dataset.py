@@ -14,8 +14,7 @@ from typing import Any
 
 from ffcv_bt.data.image_folder import IMAGENET100, read_class_list
 from ffcv_bt.data.label_subsets import SUBSET_PERCENTS
-from ffcv_bt.data.write import (WRITE_MODES, default_num_workers,
-                                write_dataset)
+from ffcv_bt.data.write import WRITE_MODES, default_num_workers, write_dataset
 
 
 def parse_subset_file(text: str) -> tuple[int, str]:

@@ -16,7 +16,7 @@ over all pixels of all images:
 The last line is the worst mean over the ops with a target (all but resize). A final line
 times our blur against the previous sampled-Gaussian kernel at sigma 2 on 224 px views.
 
-Usage: python bench/fidelity.py [--images DIR] [--n 50]
+Usage: python -m bench.fidelity [--images DIR] [--n 50]
 Without --images, ~50 photo-like test images (about 256 x 340) are generated in a temporary
 directory.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,13 +33,17 @@ import numpy as np
 from numba import njit
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ffcv_bt.ops.blur import gaussian_blur  # noqa: E402
-from ffcv_bt.ops.color_jitter import (BRIGHTNESS, CONTRAST, HUE, JITTER_PARAMS,  # noqa: E402
-                                      SATURATION, color_jitter)
-from ffcv_bt.ops.grayscale import to_grayscale  # noqa: E402
-from ffcv_bt.ops.solarize import solarize  # noqa: E402
+from ffcv_bt.augment.blur import gaussian_blur
+from ffcv_bt.augment.color_jitter import (
+    BRIGHTNESS,
+    CONTRAST,
+    HUE,
+    JITTER_PARAMS,
+    SATURATION,
+    color_jitter,
+)
+from ffcv_bt.augment.grayscale import to_grayscale
+from ffcv_bt.augment.solarize import solarize
 
 CROP_BOX = (0.1, 0.15, 0.6, 0.7)  # top, left, height, width as fractions of the image
 CROP_SIZE = 224

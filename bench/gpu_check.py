@@ -5,7 +5,7 @@ ImageNet-like JPEGs (~400x350, smooth noise and shapes, quality 90) into a tempo
 .beton with the project's writer, then
 
   a. pretraining steps of ResNet-50 + 8192-8192-8192 projector (the project's model,
-     objective, LARS and ``ffcv_bt.pretrain.barlow_step``) at 160, 192 and 224 px: bf16 and fp16
+     objective, LARS and ``ffcv_bt.train.pretrain.barlow_step``) at 160, 192 and 224 px: bf16 and fp16
      (GradScaler), channels_last on/off, torch.compile at the largest resolution for the
      best eager setting: two-view images/s, peak memory, loss finite and falling on a
      repeated batch;
@@ -18,14 +18,14 @@ ImageNet-like JPEGs (~400x350, smooth noise and shapes, quality 90) into a tempo
      numba loader's (at most 1 level apart);
   d. a checkpoint written and resumed (the project's Pretrainer on the temporary data): the
      resumed run's losses against an uninterrupted run's;
-  e. one linear-probe epoch (ffcv_bt.evaluate) and the fp32-vs-bf16 difference of frozen
+  e. one linear-probe epoch (ffcv_bt.evaluation.trained) and the fp32-vs-bf16 difference of frozen
      features;
-  f. a table, and ``results/devices/<gpu name slug>.json`` (format: ffcv_bt.device_profile).
+  f. a table, and ``results/devices/<gpu name slug>.json`` (format: ffcv_bt.reporting.device_profile).
 
-    python bench/gpu_check.py                      # a CUDA GPU -> results/devices/<slug>.json
-    python bench/gpu_check.py --device cpu --quick # the same code paths on a CPU, tiny sizes,
+    python -m bench.gpu_check                      # a CUDA GPU -> results/devices/<slug>.json
+    python -m bench.gpu_check --device cpu --quick # the same code paths on a CPU, tiny sizes,
                                                    # device file in a temporary folder
-    python bench/gpu_check.py --ddp-nproc 8        # torchrun over 8 GPUs for part b
+    python -m bench.gpu_check --ddp-nproc 8        # torchrun over 8 GPUs for part b
 
 Exit status 0 when every check passed, 1 otherwise (the device file is written either way,
 with ``checks.ok``).
@@ -48,14 +48,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import torch
+
+from bench.reference_values import LAMBD, OPTIM
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import torch  # noqa: E402
 
 BASE_RECIPE = REPO / "rules" / "base.yaml"
-LOSS = {"lambd": 0.0051, "scale_loss": 1.0, "formulation": "auto"}
+LOSS = {"lambd": LAMBD, "scale_loss": 1.0, "formulation": "auto"}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
@@ -179,11 +179,11 @@ def sync(device: torch.device) -> None:
 
 def step_harness(model: torch.nn.Module, wrapped: torch.nn.Module, device: torch.device,
                  precision: str, batch: int) -> SimpleNamespace:
-    """What ``ffcv_bt.pretrain.barlow_step`` takes, bundled (see project_step)."""
-    from ffcv_bt.optim import LARS, param_groups_for_lars, set_learning_rates
+    """What ``ffcv_bt.train.pretrain.barlow_step`` takes, bundled (see project_step)."""
+    from ffcv_bt.method.lars import LARS, param_groups_for_lars, set_learning_rates
 
     opt = LARS(param_groups_for_lars(model), lr=0.0, weight_decay=1e-6, momentum=0.9, eta=0.001)
-    set_learning_rates(opt, batch / 256, 0.2, 0.0048)  # the schedule's peak (after warmup)
+    set_learning_rates(opt, batch / 256, OPTIM["lr_weights"], OPTIM["lr_biases"])  # the peak (after warmup)
     dtype = DTYPES[precision] if device.type == "cuda" else None
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     return SimpleNamespace(recipe={"loss": LOSS}, device=device, amp_dtype=dtype,
@@ -228,7 +228,7 @@ def step_benchmark(plan: Plan, device: torch.device, compile_deadline: float = m
     """Every (resolution, channels_last, precision) eagerly, then torch.compile of the best
     eager setting at ``plan.compile_res`` (skipped once ``time.perf_counter()`` passes
     ``compile_deadline``: compiling takes minutes); one record per setting."""
-    from ffcv_bt.model import BarlowTwins
+    from ffcv_bt.method.model import BarlowTwins
 
     torch.manual_seed(0)
     model = BarlowTwins(plan.arch, plan.projector, width=plan.width).to(device)
@@ -330,8 +330,8 @@ def ddp_worker(config: dict[str, Any]) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from ffcv_bt.distributed import setup
-    from ffcv_bt.model import BarlowTwins, convert_sync_batchnorm
+    from ffcv_bt.distributed.process_group import setup
+    from ffcv_bt.method.model import BarlowTwins, convert_sync_batchnorm
 
     info = setup()
     device = info.device
@@ -358,7 +358,10 @@ def ddp_worker(config: dict[str, Any]) -> None:
     loader_result: dict[str, Any] = {}
     if config["loader_steps"] > 0:
         from ffcv_bt.config import load_recipe
-        from ffcv_bt.data.pretrain_loader import AugmentationParams, make_pretrain_loader
+        from ffcv_bt.data.pretrain_loader import (
+            AugmentationParams,
+            make_pretrain_loader,
+        )
 
         aug = AugmentationParams.from_config(load_recipe(BASE_RECIPE)["aug"])
         workers = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
@@ -402,8 +405,8 @@ def ddp_worker(config: dict[str, Any]) -> None:
 
 
 def project_step(harness: SimpleNamespace, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
-    """The project's own pretraining step (ffcv_bt.pretrain.barlow_step) on the harness."""
-    from ffcv_bt.pretrain import barlow_step
+    """The project's own pretraining step (ffcv_bt.train.pretrain.barlow_step) on the harness."""
+    from ffcv_bt.train.pretrain import barlow_step
 
     return barlow_step(harness.ddp_model, harness.optimizer, harness.scaler, harness.amp_dtype,
                        harness.recipe["loss"], view1, view2)
@@ -417,7 +420,7 @@ def torchrun_check(plan: Plan, best: dict[str, Any], beton: Path, work: Path) ->
               "channels_last": best["channels_last"], "warmup": plan.warmup, "steps": plan.steps,
               "loader_steps": plan.ddp_loader_steps, "beton": str(beton), "result": str(result)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={plan.ddp_nproc}", str(Path(__file__).resolve()),
+           f"--nproc_per_node={plan.ddp_nproc}", "-m", "bench.gpu_check",
            "--ddp-worker", json.dumps(config)]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if plan.device == "cpu":
@@ -465,8 +468,8 @@ def device_augment_check(beton: Path, device: torch.device, resolutions: list[in
                          batch: int, workers: int, min_seconds: float) -> dict[str, Any]:
     """``aug.device: gpu`` on this machine: its views against the numba path's (levels), the
     workers' pairs/s and the device-side ops' milliseconds per pair at each resolution."""
+    from ffcv_bt.augment.device_augment import augment_views
     from ffcv_bt.config import load_recipe
-    from ffcv_bt.data.device_augment import augment_views
     from ffcv_bt.data.normalize import IMAGENET_STD
     from ffcv_bt.data.pretrain_loader import AugmentationParams, make_pretrain_loader
 
@@ -546,8 +549,8 @@ def checkpoint_check(plan: Plan, device: torch.device, data_dir: Path, work: Pat
     checkpoint in a fresh Pretrainer (fresh loader) and trains epoch 1. B's per-step
     losses and final weights must equal A's (exactly on a CPU; within AMP tolerance on a
     GPU). Returns the record and B's loader (reused by the loader benchmark)."""
-    from ffcv_bt.distributed import DistInfo
-    from ffcv_bt.pretrain import Pretrainer
+    from ffcv_bt.distributed.process_group import DistInfo
+    from ffcv_bt.train.pretrain import Pretrainer
 
     recipe = small_recipe(plan, data_dir)
     dist = DistInfo(device=device)
@@ -589,10 +592,10 @@ def checkpoint_check(plan: Plan, device: torch.device, data_dir: Path, work: Pat
 # ----- e. linear probe ------------------------------------------------------------------------
 def linear_probe_check(plan: Plan, device: torch.device, data_dir: Path, work: Path
                        ) -> dict[str, Any]:
-    """One linear-probe epoch through ffcv_bt.evaluate (random-init backbone of the benchmark
+    """One linear-probe epoch through ffcv_bt.evaluation.trained (random-init backbone of the benchmark
     architecture), a second epoch timed for images/s, and fp32 vs bf16 frozen features."""
-    from ffcv_bt.distributed import DistInfo
-    from ffcv_bt.evaluate import Evaluation
+    from ffcv_bt.distributed.process_group import DistInfo
+    from ffcv_bt.evaluation.trained import Evaluation
 
     recipe = small_recipe(plan, data_dir, **{
         "model.arch": plan.arch, "model.width": plan.width, "model.projector": plan.projector,
@@ -646,7 +649,7 @@ def linear_probe_check(plan: Plan, device: torch.device, data_dir: Path, work: P
 
 # ----- f. report ------------------------------------------------------------------------------
 def device_info(device: torch.device) -> dict[str, Any]:
-    from ffcv_bt.accounting import device_description
+    from ffcv_bt.reporting.accounting import device_description
 
     name = device_description(device)["device"]
     capability = None
@@ -661,7 +664,7 @@ def build_profile(plan: Plan, device: torch.device, argv: list[str], steps: list
                   loader_rates: dict[int, float], workers: int, checks: dict[str, Any],
                   eval_rate: float) -> dict[str, Any]:
     gpu_aug = checks["device_augment"]["workers_pairs_per_s"]
-    from ffcv_bt import device_profile
+    from ffcv_bt.reporting import device_profile
 
     pretrain = {}
     for res in plan.resolutions:
@@ -675,7 +678,7 @@ def build_profile(plan: Plan, device: torch.device, argv: list[str], steps: list
     profile = {
         "format": device_profile.FORMAT, **device_info(device),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "command": " ".join(["bench/gpu_check.py", *argv]),
+        "command": " ".join(["python -m bench.gpu_check", *argv]),
         "model": {"arch": plan.arch, "width": plan.width, "projector": plan.projector,
                   "batch_per_device": plan.batch},
         "pretrain": pretrain, "eval_images_per_s": eval_rate,
@@ -688,7 +691,7 @@ def build_profile(plan: Plan, device: torch.device, argv: list[str], steps: list
 
 
 def print_table(profile: dict[str, Any], steps: list[dict]) -> None:
-    from ffcv_bt import device_profile
+    from ffcv_bt.reporting import device_profile
 
     print(f"\n# {profile['device']} (capability {profile['capability']}), torch "
           f"{profile['torch']}, CUDA {profile['cuda']}; {profile['model']['arch']} projector "
@@ -784,9 +787,9 @@ def main(argv: list[str]) -> int:
         from ffcv_bt.data.write import write_dataset
 
         write_dataset(work / "images", work / "data", num_workers=plan.cores)
-        from ffcv_bt import device_profile
-        from ffcv_bt.distributed import set_cpu_compute_threads
-        from ffcv_bt.pretrain import Pretrainer  # noqa: F401 - imports ffcv (sets threads)
+        from ffcv_bt.distributed.process_group import set_cpu_compute_threads
+        from ffcv_bt.reporting import device_profile
+        from ffcv_bt.train.pretrain import Pretrainer  # noqa: F401 - imports ffcv (sets threads)
 
         if device.type == "cpu":
             # cores - 1, as in training: with every core busy (a shared machine), torch's

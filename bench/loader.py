@@ -4,7 +4,7 @@ Claim measured: on the same JPEGs with the same number of workers, our FFCV two-
 Twins loader delivers several times the augmented pairs per second of the reference
 torchvision + PIL DataLoader, and approaches the bound set by JPEG decoding alone.
 
-Prints, in one run: (a) ours (per-view ops fused into one FFCV op, ``ffcv_bt.ops.fused``),
+Prints, in one run: (a) ours (per-view ops fused into one FFCV op, ``ffcv_bt.augment.fused``),
 pairs/s; (b) the reference (PIL RandomResizedCrop bicubic,
 flip, ColorJitter p=0.8, grayscale 0.2, blur 1.0/0.1, solarize 0.0/0.2, ToTensor,
 Normalize; torch DataLoader), pairs/s; (c) FFCV decode + one random-resized crop without
@@ -20,7 +20,7 @@ pair of both modes in worker core-milliseconds (workers / rate of (a') and (e)),
 per pair of the device-side ops on the training device (CUDA when present, else this CPU,
 one torch thread), and the loader ratios of (a), (a') and (e).
 
-Usage: python bench/loader.py [--data IMAGEFOLDER] [--res 224] [--workers 2] [--epochs 3]
+Usage: python -m bench.loader [--data IMAGEFOLDER] [--res 224] [--workers 2] [--epochs 3]
 Without --data, ~2000 synthetic photo-like JPEGs (about 256x340, quality 90) are generated
 once into the cache folder.
 """
@@ -32,7 +32,6 @@ import os
 import platform
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Iterable
@@ -40,8 +39,6 @@ from typing import Iterable
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 from tqdm import tqdm
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "data" / "bench-cache"
 
@@ -173,7 +170,7 @@ def device_ms_per_pair(loader, device: str, repeats: int = 3) -> float:
     over a few batches of ``loader``'s raw (uint8 views, decisions) output."""
     import torch
 
-    from ffcv_bt.data.device_augment import augment_views
+    from ffcv_bt.augment.device_augment import augment_views
 
     batches = []
     for images, params in loader.ffcv_loader:
@@ -235,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     reference_aug = AugmentationParams.from_config(load_recipe(RULES_DIR / "base.yaml")["aug"])
     common = dict(batch_size_per_rank=args.batch_size, num_workers=args.workers,
                   aug=reference_aug, res=args.res, seed=0, device="cpu")
-    ours = make_pretrain_loader(beton, **common)  # per-view ops fused (ffcv_bt/ops/fused.py)
+    ours = make_pretrain_loader(beton, **common)  # per-view ops fused (ffcv_bt/augment/fused.py)
     twice = make_pretrain_loader(beton, decode_once=False, **common)
     on_device = make_pretrain_loader(beton, augment_on="gpu", **common)
     decode_only = Loader(str(beton), batch_size=args.batch_size, num_workers=args.workers,

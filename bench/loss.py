@@ -2,8 +2,8 @@
 our formulations (Gram N x N, d x d cross-correlation, and the one "auto" picks) against the
 reference's d x d computation (BatchNorm1d, c = bn(z1).T @ bn(z2) / N, off-diagonal view).
 
-    python bench/loss.py                        # CPU default: d=2048, N=128 (< 1 min)
-    python bench/loss.py --d 8192 --batch 256   # the reference's size (GPU default)
+    python -m bench.loss                        # CPU default: d=2048, N=128 (< 1 min)
+    python -m bench.loss --d 8192 --batch 256   # the reference's size (GPU default)
 
 Memory is measured where it can be: on CUDA, growth of torch.cuda.max_memory_allocated over
 the allocation before the call; on CPU, growth of the peak resident set size (ru_maxrss) of
@@ -16,20 +16,15 @@ import argparse
 import multiprocessing as mp
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import psutil
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ffcv_bt.accounting import device_description, sync_device  # noqa: E402
-from ffcv_bt.objective import barlow_twins_loss, choose_formulation  # noqa: E402
-
-LAMBD = 0.0051
+from bench.reference_values import LAMBD
+from ffcv_bt.method.objective import barlow_twins_loss, choose_formulation
+from ffcv_bt.reporting.accounting import device_description, sync_device
 
 
 def reference_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = LAMBD) -> torch.Tensor:
@@ -122,7 +117,7 @@ def main() -> None:
     chosen = choose_formulation("auto", n, d)
     memory_kind = ("torch.cuda.max_memory_allocated growth" if device.type == "cuda"
                    else "peak RSS growth of a fresh process")
-    print(f"# bench/loss.py on {device_description(device)['device']} "
+    print(f"# python -m bench.loss on {device_description(device)['device']} "
           f"(torch {torch.__version__}, {torch.get_num_threads()} threads)")
     print(f"# Barlow Twins objective, float32 forward+backward, d={d} N={n}, "
           f"median of {args.repeats} after 1 warm-up; memory: {memory_kind}")

@@ -1,9 +1,9 @@
 """Images/s of one full Barlow Twins pretraining step (forward both views, objective,
 backward, LARS) on whatever device is present, ours against a reference-style step,
 measured side by side in one run. Synthetic input tensors (the loader is measured by
-bench/loader.py; the whole machine by bench/gpu_check.py).
+python -m bench.loader; the whole machine by python -m bench.gpu_check).
 
-ours: the project's step (``ffcv_bt.pretrain.barlow_step``): objective formulation chosen by
+ours: the project's step (``ffcv_bt.train.pretrain.barlow_step``): objective formulation chosen by
 shape (N x N Gram matrices when the batch is smaller than the embedding), the project's
 LARS, no host-device synchronisation inside the step.
 reference-style: the same model and precision, written the way the public reference code
@@ -15,31 +15,27 @@ float32 in both, so the two compute the same numbers.
 Rounds alternate (ours, reference, ours, ...), so a change in machine load hits both
 alike; the figure is the median round. The ratio is printed last:
 
-    python bench/train_step.py --arch resnet50 --res 224 --batch 256          # a GPU
-    python bench/train_step.py --arch resnet18 --width 16 --small-stem --res 32 \
+    python -m bench.train_step --arch resnet50 --res 224 --batch 256          # a GPU
+    python -m bench.train_step --arch resnet18 --width 16 --small-stem --res 32 \
         --projector 512-512-512 --batch 128                                  # the CPU demo
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ffcv_bt.accounting import device_description, sync_device  # noqa: E402
-from ffcv_bt.mixed_precision import autocast_dtype  # noqa: E402
-from ffcv_bt.model import BarlowTwins  # noqa: E402
-from ffcv_bt.objective import barlow_twins_loss, choose_formulation  # noqa: E402
-from ffcv_bt.optim import LARS, param_groups_for_lars, set_learning_rates  # noqa: E402
+from bench.reference_values import LAMBD, OPTIM
+from ffcv_bt.method.lars import LARS, param_groups_for_lars, set_learning_rates
+from ffcv_bt.method.model import BarlowTwins
+from ffcv_bt.method.objective import barlow_twins_loss, choose_formulation
+from ffcv_bt.reporting.accounting import device_description, sync_device
+from ffcv_bt.stage.mixed_precision import autocast_dtype
 
 IMAGENET_TRAIN = 1_281_167
-LAMBD = 0.0051
 
 
 class PerParameterLARS(torch.optim.Optimizer):
@@ -75,7 +71,7 @@ class PerParameterLARS(torch.optim.Optimizer):
 
 def build(args: argparse.Namespace, device: torch.device, reference: bool) -> Callable[[], object]:
     """A closure running one training step of ours or of the reference style."""
-    from ffcv_bt.pretrain import barlow_step
+    from ffcv_bt.train.pretrain import barlow_step
 
     torch.manual_seed(0)
     model = BarlowTwins(args.arch, args.projector, width=args.width,
@@ -86,7 +82,7 @@ def build(args: argparse.Namespace, device: torch.device, reference: bool) -> Ca
     groups = param_groups_for_lars(model)
     opt = (PerParameterLARS if reference else LARS)(groups, lr=0.0, weight_decay=1e-6,
                                                      momentum=0.9, eta=0.001)
-    set_learning_rates(opt, args.batch / 256, 0.2, 0.0048)
+    set_learning_rates(opt, args.batch / 256, OPTIM["lr_weights"], OPTIM["lr_biases"])
     dtype = autocast_dtype(args.precision, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     g = torch.Generator().manual_seed(1)
@@ -140,13 +136,13 @@ def main(argv: list[str] | None = None) -> None:
     steps = {"ours": build(args, device, reference=False),
              "reference-style": build(args, device, reference=True)}
     if device.type == "cpu":  # importing ffcv set 1 thread; leave a core free, as training does
-        from ffcv_bt.distributed import set_cpu_compute_threads
+        from ffcv_bt.distributed.process_group import set_cpu_compute_threads
 
         set_cpu_compute_threads()
     desc = device_description(device)
     dtype = autocast_dtype(args.precision, device)
     dim = int(args.projector.split("-")[-1])
-    print(f"# bench/train_step.py on {desc['device']} (torch {torch.__version__}, "
+    print(f"# python -m bench.train_step on {desc['device']} (torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads)")
     print(f"# {args.arch} width {args.width}{' small-stem' if args.small_stem else ''}, "
           f"projector {args.projector}, {args.res} px, batch {args.batch}, autocast "

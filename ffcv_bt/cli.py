@@ -1,5 +1,5 @@
 """The one entry layer of every command (run.py, write_dataset.py, ``python -m
-ffcv_bt.pretrain`` / ``ffcv_bt.evaluate`` and the SLURM task): the same exit codes and the
+ffcv_bt.train.pretrain`` / ``ffcv_bt.evaluation.trained`` and the SLURM task): the same exit codes and the
 same one-line errors everywhere.
 
 * :class:`ffcv_bt.errors.UserError`: ``error: <message>`` on stderr, its ``exit_code``

@@ -82,7 +82,8 @@ _section(
     "loss", "The Barlow Twins objective",
     lambd=_p(float, "weight of the off-diagonal terms", InRange(0.0, 1.0)),
     scale_loss=_p(float, "multiplier of the loss (original runs: 0.024)", InRange(1e-6, 1e6)),
-    formulation=_p(str, "cross: d x d matrix; gram: N x N Gram matrices; auto: by shape", OneOf(["auto", "cross", "gram"])),
+    formulation=_p(str, "cross: d x d matrix; gram: N x N Gram matrices; auto: by shape",
+                   OneOf(["auto", "cross", "gram"])),
 )
 _section(
     "optim", "LARS and the learning-rate schedule",
@@ -99,7 +100,8 @@ _section(
 _section(
     "train", "The pretraining loop",
     seed=_p(int, "seed of weights, data order and augmentations", InRange(0, 2**31 - 1)),
-    precision=_p(str, "auto: bf16 on GPUs that have it, else fp16 with a GradScaler; fp32 on CPU", OneOf(["auto", "bf16", "fp16", "fp32"])),
+    precision=_p(str, "auto: bf16 on GPUs that have it, else fp16 with a GradScaler; fp32 on CPU",
+                 OneOf(["auto", "bf16", "fp16", "fp32"])),
     channels_last=_p(bool, "channels_last memory format (GPU only)"),
     compile=_p(bool, "torch.compile the model"),
     log_every=_p(int, "JSON-lines log every N steps", InRange(1, 10**9)),

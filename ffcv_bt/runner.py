@@ -17,12 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ffcv_bt.accounting import code_version, device_description, library_versions
 from ffcv_bt.atomic_files import atomic_write_json, atomic_write_text
-from ffcv_bt.collectives import barrier, broadcast_object
 from ffcv_bt.config import REPO_ROOT, Recipe, load_recipe, parse_overrides
-from ffcv_bt.distributed import DistInfo, process_group
+from ffcv_bt.distributed.collectives import barrier, broadcast_object
+from ffcv_bt.distributed.process_group import DistInfo, process_group
 from ffcv_bt.errors import ConfigError, RunFolderError
+from ffcv_bt.reporting.accounting import (
+    code_version,
+    device_description,
+    library_versions,
+)
 
 DEFAULT_RECIPE = REPO_ROOT / "rules" / "demo.yaml"
 
@@ -80,10 +84,10 @@ def _evaluate(recipe: Recipe, protocol: str, weights: str, out_dir: Path,
               dist: DistInfo) -> dict[str, Any]:
     """One evaluation stage: the kNN protocol, or a trained one (linear, semi1, semi10)."""
     if protocol == "knn":
-        from ffcv_bt.knn_eval import evaluate_knn
+        from ffcv_bt.evaluation.knn import evaluate_knn
 
         return evaluate_knn(recipe, weights, out_dir, dist)
-    from ffcv_bt.evaluate import evaluate
+    from ffcv_bt.evaluation.trained import evaluate
 
     return evaluate(recipe, protocol, weights, out_dir, dist)
 
@@ -93,10 +97,10 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
     """Run every stage of ``recipe`` into ``run_dir``; return a printable summary and the
     runs.csv rows of its evaluations."""
     from ffcv_bt.data.manifest import Manifest
-    from ffcv_bt.dry_run import pretrain_cost_factor
-    from ffcv_bt.pretrain import pretrain
-    from ffcv_bt.results import generate
-    from ffcv_bt.runs_csv import append_run_row, evaluation_row
+    from ffcv_bt.reporting.dry_run import pretrain_cost_factor
+    from ffcv_bt.reporting.runs_csv import append_run_row, evaluation_row
+    from ffcv_bt.reporting.tables import generate
+    from ffcv_bt.train.pretrain import pretrain
 
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = _load_metadata(recipe, run_dir, dist)
@@ -265,24 +269,28 @@ def main(argv: list[str]) -> int:
 
     recipe = load(overrides)
     if args.budget_hours is not None:
-        from ffcv_bt.dry_run import fit_to_budget
+        from ffcv_bt.reporting.dry_run import fit_to_budget
 
         if "optim.epochs" in overrides:
             raise ConfigError("--budget-hours chooses optim.epochs; drop --optim.epochs")
         overrides.update({k: str(v) for k, v in fit_to_budget(recipe, args.budget_hours).items()})
         recipe = load(overrides)
     if args.dry_run:
-        from ffcv_bt.dry_run import describe_plan
+        from ffcv_bt.reporting.dry_run import describe_plan
 
         print(describe_plan(recipe))
         return 0
     if args.slurm:
-        from ffcv_bt.slurm import submit
+        from ffcv_bt.distributed.slurm import submit
 
         run_dir = Path(args.out) if args.out else choose_run_dir(args, recipe, False)
         job = submit(recipe, run_dir, argv, entry=main)
         print(f"submitted SLURM job {job.job_id}; run folder {run_dir}")
         return 0
+    from ffcv_bt.preflight import check_run_inputs
+
+    results_dir = Path(args.results_dir)
+    check_run_inputs(recipe, Path(args.out) if args.out else results_dir / "runs", results_dir)
     seeds = recipe.seeds
     all_rows: list[list[dict]] = []
     with process_group() as dist:
@@ -297,3 +305,10 @@ def main(argv: list[str]) -> int:
     if dist.is_main and len(seeds) > 1:
         print(seed_summary(all_rows))
     return 0
+
+
+def console() -> None:
+    """The ``ffcv-bt`` console script: ``run.py``'s command line."""
+    from ffcv_bt.cli import run_command
+
+    raise SystemExit(run_command(main))

@@ -6,7 +6,7 @@ ramp given as fractions of the run), crossed with the epoch counts. Every point 
 ordinary ``run.py`` run under the name ``<sweep>.<lever>`` (the runs.csv ``recipe`` cell) in
 ``results/runs/<sweep>/<lever>-e<epochs>/seed-<s>``, so it gets the same run folders,
 runs.csv rows, resume and seeds as run.py: a killed sweep started again skips the finished
-points and resumes the unfinished one. ``ffcv_bt.frontier`` turns the rows into tables.
+points and resumes the unfinished one. ``ffcv_bt.reporting.frontier`` turns the rows into tables.
 
 Example (rules/sweeps/demo-frontier.yaml)::
 

@@ -17,15 +17,21 @@ import numpy as np
 import pytest
 from ffcv.pipeline.compiler import Compiler
 
+from ffcv_bt.augment.blur import RandomGaussianBlurViews
+from ffcv_bt.augment.color_jitter import (
+    BRIGHTNESS,
+    CONTRAST,
+    HUE,
+    SATURATION,
+    RandomColorJitterViews,
+)
+from ffcv_bt.augment.flip import RandomFlipViews
+from ffcv_bt.augment.fused import view_operations
+from ffcv_bt.augment.grayscale import RandomGrayscaleViews
+from ffcv_bt.augment.rng import EpochSeed
+from ffcv_bt.augment.solarize import RandomSolarizeViews
 from ffcv_bt.config import RULES_DIR, load_recipe
 from ffcv_bt.data.pretrain_loader import AugmentationParams, view_transforms
-from ffcv_bt.ops.blur import RandomGaussianBlurViews
-from ffcv_bt.ops.color_jitter import BRIGHTNESS, CONTRAST, HUE, SATURATION, RandomColorJitterViews
-from ffcv_bt.ops.flip import RandomFlipViews
-from ffcv_bt.ops.fused import view_operations
-from ffcv_bt.ops.grayscale import RandomGrayscaleViews
-from ffcv_bt.ops.rng import EpochSeed
-from ffcv_bt.ops.solarize import RandomSolarizeViews
 
 # The reference recipe (Barlow Twins paper and code): per-view probabilities and strengths.
 REFERENCE_P = {RandomFlipViews: (0.5, 0.5), RandomColorJitterViews: (0.8, 0.8),

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from recipes import write_tiny_recipe
 
-from ffcv_bt.checkpoints import load_checkpoint, previous_path, save_checkpoint
 from ffcv_bt.config import load_recipe
 from ffcv_bt.errors import CheckpointError
-from recipes import write_tiny_recipe
+from ffcv_bt.stage.checkpoints import load_checkpoint, previous_path, save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -53,7 +53,7 @@ def test_truncated_beton_is_named_with_the_fix(data_copy: Path, tmp_path: Path) 
     beton = data_copy / "train.beton"
     beton.write_bytes(beton.read_bytes()[: beton.stat().st_size * 2 // 3])
     recipe = write_tiny_recipe(tmp_path, data_copy)
-    proc = command("-m", "ffcv_bt.pretrain", "--config", str(recipe), "--out", str(tmp_path / "o"))
+    proc = command("-m", "ffcv_bt.train.pretrain", "--config", str(recipe), "--out", str(tmp_path / "o"))
     assert_one_line_error(proc, 2, str(beton), "rewrite it with write_dataset.py")
 
 
@@ -61,7 +61,7 @@ def test_beton_cut_inside_its_allocation_table_is_named(data_copy: Path, tmp_pat
     beton = data_copy / "train.beton"
     beton.write_bytes(beton.read_bytes()[:-5])  # the last entry of the table loses 5 bytes
     recipe = write_tiny_recipe(tmp_path, data_copy)
-    proc = command("-m", "ffcv_bt.pretrain", "--config", str(recipe), "--out", str(tmp_path / "o"))
+    proc = command("-m", "ffcv_bt.train.pretrain", "--config", str(recipe), "--out", str(tmp_path / "o"))
     assert_one_line_error(proc, 2, str(beton), "truncated", "write_dataset.py")
 
 
@@ -69,23 +69,23 @@ def test_data_dir_without_manifest(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     recipe = write_tiny_recipe(tmp_path, empty)
-    proc = command("-m", "ffcv_bt.evaluate", "--config", str(recipe), "--protocol", "linear",
+    proc = command("-m", "ffcv_bt.evaluation.trained", "--config", str(recipe), "--protocol", "linear",
                    "--weights", "random", "--out", str(tmp_path / "o"))
     assert_one_line_error(proc, 2, str(empty / "manifest.json"), "write_dataset.py")
 
 
 def test_weights_of_another_architecture(tiny_dataset: Path, tmp_path: Path) -> None:
-    from ffcv_bt.model import build_backbone
+    from ffcv_bt.method.model import build_backbone
 
     other, _ = build_backbone("resnet18", width=8)  # the recipe's backbone has width 4
     weights = tmp_path / "other.pth"
     torch.save(other.state_dict(), weights)
     recipe = write_tiny_recipe(tmp_path, tiny_dataset)
-    proc = command("-m", "ffcv_bt.evaluate", "--config", str(recipe), "--protocol", "linear",
+    proc = command("-m", "ffcv_bt.evaluation.trained", "--config", str(recipe), "--protocol", "linear",
                    "--weights", str(weights), "--out", str(tmp_path / "o"))
     last = assert_one_line_error(proc, 2, str(weights), "does not match resnet18", "model.width")
     # --debug shows the traceback as well
-    debug = command("-m", "ffcv_bt.evaluate", "--config", str(recipe), "--protocol", "linear",
+    debug = command("-m", "ffcv_bt.evaluation.trained", "--config", str(recipe), "--protocol", "linear",
                     "--weights", str(weights), "--out", str(tmp_path / "o"), "--debug")
     assert debug.returncode == 2 and "Traceback" in debug.stderr and last in debug.stderr
 
@@ -119,7 +119,7 @@ def test_corrupt_checkpoint_without_a_previous_one(tiny_dataset: Path, tmp_path:
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"\x80\x02 not a checkpoint")
     recipe = write_tiny_recipe(tmp_path, tiny_dataset)
-    proc = command("-m", "ffcv_bt.pretrain", "--config", str(recipe), "--out", str(out))
+    proc = command("-m", "ffcv_bt.train.pretrain", "--config", str(recipe), "--out", str(out))
     assert_one_line_error(proc, 2, str(out / "checkpoint.pt"), "cannot resume", "Delete")
 
 

@@ -1,4 +1,4 @@
-"""``python -m ffcv_bt.results --compare A B``: configuration differences (result-determining
+"""``python -m ffcv_bt.reporting.tables --compare A B``: configuration differences (result-determining
 keys only) and the results of each stage side by side, from the run folders' files."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ffcv_bt.compare_runs import compare_runs, config_differences
+from ffcv_bt.reporting.compare_runs import compare_runs, config_differences
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,10 +45,10 @@ def test_differences_and_results_side_by_side(tmp_path: Path) -> None:
 def test_cli_and_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     a = _run_folder(tmp_path, "a", 4, "linear", {"linear": 60.0})
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    ok = subprocess.run([sys.executable, "-m", "ffcv_bt.results", "--compare", str(a), str(a)],
+    ok = subprocess.run([sys.executable, "-m", "ffcv_bt.reporting.tables", "--compare", str(a), str(a)],
                         capture_output=True, text=True, env=env, cwd=REPO)
     assert ok.returncode == 0 and "configuration differences (A -> B):\n  none" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "ffcv_bt.results", "--compare", str(a),
+    bad = subprocess.run([sys.executable, "-m", "ffcv_bt.reporting.tables", "--compare", str(a),
                           str(tmp_path)], capture_output=True, text=True, env=env, cwd=REPO)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: ")
     assert "run.json not found" in bad.stderr and "Traceback" not in bad.stderr

@@ -9,7 +9,6 @@ called directly here (see the Makefile's KERNEL_TESTS): the numba side runs insi
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +17,11 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision.transforms import _functional_pil as F_pil
 
+from bench.fidelity import photo_like
+from ffcv_bt.augment import device_augment as dev
+from ffcv_bt.augment.view_params import BLUR, GRAY, JITTER, PARAMS_PER_VIEW, SOLARIZE
 from ffcv_bt.config import RULES_DIR, load_recipe
-from ffcv_bt.data import device_augment as dev
 from ffcv_bt.data.pretrain_loader import AugmentationParams, make_pretrain_loader
-from ffcv_bt.ops.view_params import BLUR, GRAY, JITTER, PARAMS_PER_VIEW, SOLARIZE
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from fidelity import photo_like  # noqa: E402
 
 PIL_PARTS = [F_pil.adjust_brightness, F_pil.adjust_contrast, F_pil.adjust_saturation,
              F_pil.adjust_hue]

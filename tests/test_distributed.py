@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from ffcv_bt.distributed import environment_ranks
-from ffcv_bt.slurm import strip_slurm_flag
+from ffcv_bt.distributed.process_group import environment_ranks
+from ffcv_bt.distributed.slurm import strip_slurm_flag
 
 
 def test_plain_process_is_rank_zero_of_one() -> None:
@@ -41,8 +41,8 @@ def test_slurm_submission_writes_the_job_we_asked_for(tmp_path: Path, monkeypatc
     import pickle
 
     from ffcv_bt.config import RULES_DIR, load_recipe
+    from ffcv_bt.distributed.slurm import submit
     from ffcv_bt.runner import main
-    from ffcv_bt.slurm import submit
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -70,9 +70,9 @@ def test_slurm_refuses_fewer_cpus_than_loader_threads(tmp_path: Path) -> None:
     """12 loader threads need 13 CPUs per task: numba refuses more threads than the task's
     affinity, so every rank would die at its first epoch."""
     from ffcv_bt.config import RULES_DIR, load_recipe
+    from ffcv_bt.distributed.slurm import submit
     from ffcv_bt.errors import ConfigError
     from ffcv_bt.runner import main
-    from ffcv_bt.slurm import submit
 
     recipe = load_recipe(RULES_DIR / "1000ep.yaml", {"slurm.cpus_per_task": "10"})
     with pytest.raises(ConfigError, match=r"slurm.cpus_per_task=10 .* >= 13"):

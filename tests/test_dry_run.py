@@ -8,11 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from ffcv_bt import device_profile
 from ffcv_bt.config import RULES_DIR, load_recipe
-from ffcv_bt.dry_run import IMAGENET_TRAIN_IMAGES, describe_plan, fit_to_budget
 from ffcv_bt.errors import ConfigError
-from ffcv_bt.schedules import resolution_of_recipe
+from ffcv_bt.method.schedules import resolution_of_recipe
+from ffcv_bt.reporting import device_profile
+from ffcv_bt.reporting.dry_run import (
+    IMAGENET_TRAIN_IMAGES,
+    describe_plan,
+    fit_to_budget,
+)
 
 DEVICE = "Test GPU 80GB"
 PROFILE = {
@@ -189,3 +193,22 @@ def test_aug_device_gpu_uses_the_workers_rates_when_measured(tmp_path: Path) -> 
     cpu = describe_plan(_recipe(tmp_path, **{"estimate.device": DEVICE}), devices_dir=tmp_path,
                         cores=4, gpus=1)
     assert "300 pairs/s per core" in cpu and "aug.device: gpu moves" in cpu
+
+
+def test_cost_of_a_progressive_recipe_against_a_hand_computed_one(tmp_path: Path) -> None:
+    """4 epochs, 160 -> 224 px ramped over epochs 0..4, nearest multiple of 32: 160, 192
+    (176 = 5.5 x 32, half to even: 6), 192, 192 (208 = 6.5 x 32: 6). Epochs-equivalent at
+    224 px: (160/224)^2 + 3 (192/224)^2 = (25 + 3 x 36) / 49 = 133 / 49."""
+    from ffcv_bt.reporting.dry_run import pretrain_cost_factor
+
+    recipe = _recipe(tmp_path, "1000ep.yaml", **{
+        "optim.epochs": "4", "resolution.min_res": "160", "resolution.max_res": "224",
+        "resolution.start_ramp": "0", "resolution.end_ramp": "4"})
+    assert pretrain_cost_factor(recipe) == pytest.approx(133 / 49, rel=1e-12)
+    plan = describe_plan(recipe, devices_dir=tmp_path / "devices", cores=8, gpus=1)
+    # paper-derived rate at 224 px: 132.4 two-view images/s per V100; cost ~ res^2
+    hours = IMAGENET_TRAIN_IMAGES * (133 / 49) / 132.4 / 3600
+    assert _pretrain_hours_printed(plan) == pytest.approx(hours, abs=0.06)
+    line = next(l for l in plan.splitlines() if l.strip().startswith("pretrain "))
+    assert int(line.split()[1].replace(",", "")) == round(IMAGENET_TRAIN_IMAGES * 133 / 49)
+    assert "epochs    1-3    192 px" in plan and "epochs    0-0    160 px" in plan

@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from test_pretrain_loader import (
+    NUM_IMAGES,
+    assert_views_match_labels,
+    to_pixels,
+    write_coded_beton,
+)
 
 from ffcv_bt.data.eval_loader import make_eval_loader
-from test_pretrain_loader import (NUM_IMAGES, assert_views_match_labels, to_pixels,
-                                  write_coded_beton)
 
 RES, RATIO = 32, 32 / 36  # the 224 / 256 protocol scaled to small images
 

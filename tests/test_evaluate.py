@@ -11,14 +11,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torchvision
+from recipes import write_tiny_recipe
 
 from ffcv_bt.config import load_recipe
-from ffcv_bt.distributed import DistInfo
-from ffcv_bt.backbone_weights import load_backbone
 from ffcv_bt.data.manifest import Manifest
+from ffcv_bt.distributed.process_group import DistInfo
 from ffcv_bt.errors import BackboneLoadError
-from ffcv_bt.evaluate import Evaluation, evaluate, topk_correct
-from recipes import write_tiny_recipe
+from ffcv_bt.evaluation.backbone_weights import load_backbone
+from ffcv_bt.evaluation.trained import Evaluation, evaluate, topk_correct
 
 CPU = DistInfo()
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from recipes import write_tiny_recipe
 from torch import nn
 
 from ffcv_bt.config import load_recipe
-from ffcv_bt.distributed import DistInfo
-from ffcv_bt.evaluate import Evaluation, topk_correct
-from ffcv_bt.schedules import cosine_epoch_lr
-from recipes import write_tiny_recipe
+from ffcv_bt.distributed.process_group import DistInfo
+from ffcv_bt.evaluation.trained import Evaluation, topk_correct
+from ffcv_bt.method.schedules import cosine_epoch_lr
 
 CPU = DistInfo()
 

@@ -35,7 +35,7 @@ def test_process_group_barrier_only_after_success(monkeypatch) -> None:
     would hang until the NCCL timeout), just destroy the group and re-raise."""
     import torch.distributed as dist
 
-    from ffcv_bt import distributed
+    from ffcv_bt.distributed import process_group as distributed
 
     calls: list[str] = []
     monkeypatch.setattr(distributed, "setup", lambda backend="auto": distributed.DistInfo())

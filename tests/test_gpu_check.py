@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ffcv_bt import device_profile
+from ffcv_bt.reporting import device_profile
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -20,7 +20,7 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISI
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("devices")
     before = set(device_profile.DEVICES_DIR.glob("*.json")) if device_profile.DEVICES_DIR.is_dir() else set()
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--device", "cpu",
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--device", "cpu",
                            "--quick", "--out", str(out)], env=ENV, cwd=REPO, capture_output=True,
                           text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -35,7 +35,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
 def test_device_file_content(quick_run: tuple[dict, str]) -> None:
     profile, stdout = quick_run
     assert profile["device_type"] == "cpu" and profile["capability"] is None
-    assert profile["command"] == "bench/gpu_check.py --device cpu --quick --out " + \
+    assert profile["command"] == "python -m bench.gpu_check --device cpu --quick --out " + \
         profile["command"].split("--out ")[1]
     steps = profile["checks"]["steps"]
     assert {r["res"] for r in steps} == {16, 32} and all(r["precision"] == "fp32" for r in steps)

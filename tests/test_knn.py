@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ffcv_bt.knn import extract_features, knn_accuracy, knn_predict
+from ffcv_bt.evaluation.knn import extract_features, knn_accuracy, knn_predict
 
 
 def brute_force_scores(train: np.ndarray, labels: np.ndarray, queries: np.ndarray,

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from recipes import write_tiny_recipe
 
 from ffcv_bt.config import load_recipe
-from ffcv_bt.distributed import DistInfo
-from ffcv_bt.knn_eval import evaluate_knn
-from recipes import write_tiny_recipe
+from ffcv_bt.distributed.process_group import DistInfo
+from ffcv_bt.evaluation.knn import evaluate_knn
 
 MEAN = np.array([0.485, 0.456, 0.406]) * 255
 STD = np.array([0.229, 0.224, 0.225]) * 255

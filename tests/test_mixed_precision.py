@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ffcv_bt.mixed_precision import autocast_dtype
+from ffcv_bt.stage.mixed_precision import autocast_dtype
 
 CUDA = torch.device("cuda", 0)
 

@@ -9,9 +9,14 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from ffcv_bt.model import (BarlowTwins, Projector, build_backbone, convert_sync_batchnorm,
-                           parse_projector_spec)
-from ffcv_bt.sync_bn import GlobalBatchNorm
+from ffcv_bt.distributed.sync_bn import GlobalBatchNorm
+from ffcv_bt.method.model import (
+    BarlowTwins,
+    Projector,
+    build_backbone,
+    convert_sync_batchnorm,
+    parse_projector_spec,
+)
 
 
 def test_resnet50_state_dict_loads_into_torchvision_and_gives_same_features():

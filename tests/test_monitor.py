@@ -8,11 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from recipes import write_tiny_recipe
 
-from ffcv_bt.monitor import collapse_messages, embedding_std, evenly_spaced, rankme
-from ffcv_bt.objective import barlow_twins_loss, correlation_terms
+from ffcv_bt.method.objective import barlow_twins_loss, correlation_terms
+from ffcv_bt.train.monitor import (
+    collapse_messages,
+    embedding_std,
+    evenly_spaced,
+    rankme,
+)
 
 
 def _orthonormal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
@@ -81,10 +85,10 @@ def _tiny_recipe(tmp_path: Path, data: Path, epochs: int, every: int):
 
 def test_a_projector_with_constant_output_triggers_the_collapse_warning_once(
         tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from ffcv_bt.accounting import StageClock
-    from ffcv_bt.distributed import DistInfo
-    from ffcv_bt.monitor import TrainingMonitor
-    from ffcv_bt.pretrain import build_model
+    from ffcv_bt.distributed.process_group import DistInfo
+    from ffcv_bt.reporting.accounting import StageClock
+    from ffcv_bt.train.monitor import TrainingMonitor
+    from ffcv_bt.train.pretrain import build_model
 
     recipe = _tiny_recipe(tmp_path, tiny_dataset, epochs=2, every=1)
     model = build_model(recipe)
@@ -105,8 +109,8 @@ def test_a_projector_with_constant_output_triggers_the_collapse_warning_once(
 
 def test_pretraining_with_the_monitor_writes_records_plot_and_separate_hours(
         tiny_dataset: Path, tmp_path: Path) -> None:
-    from ffcv_bt.distributed import DistInfo
-    from ffcv_bt.pretrain import Pretrainer
+    from ffcv_bt.distributed.process_group import DistInfo
+    from ffcv_bt.train.pretrain import Pretrainer
 
     recipe = _tiny_recipe(tmp_path, tiny_dataset, epochs=3, every=2)
     out = tmp_path / "run" / "pretrain"
@@ -146,9 +150,9 @@ def test_a_monitor_pass_cut_short_runs_on_restart_and_its_time_is_kept(
         tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Killed during the monitor after the last epoch's checkpoint: the restart runs the
     missed pass before finishing, and the monitor's earlier seconds carry over."""
-    from ffcv_bt.distributed import DistInfo
-    from ffcv_bt.monitor import TrainingMonitor
-    from ffcv_bt.pretrain import Pretrainer
+    from ffcv_bt.distributed.process_group import DistInfo
+    from ffcv_bt.train.monitor import TrainingMonitor
+    from ffcv_bt.train.pretrain import Pretrainer
 
     recipe = _tiny_recipe(tmp_path, tiny_dataset, epochs=2, every=1)
     out = tmp_path / "out"

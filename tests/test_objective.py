@@ -5,7 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from ffcv_bt.objective import barlow_twins_loss, choose_formulation, normalize_embeddings
+from ffcv_bt.method.objective import (
+    barlow_twins_loss,
+    choose_formulation,
+    normalize_embeddings,
+)
 
 EPS32 = torch.finfo(torch.float32).eps
 EPS64 = torch.finfo(torch.float64).eps

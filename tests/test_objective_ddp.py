@@ -13,9 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from ffcv_bt.model import BarlowTwins, convert_sync_batchnorm
-from ffcv_bt.objective import barlow_twins_loss
-from ffcv_bt.sync_bn import GlobalBatchNorm
+from ffcv_bt.distributed.sync_bn import GlobalBatchNorm
+from ffcv_bt.method.model import BarlowTwins, convert_sync_batchnorm
+from ffcv_bt.method.objective import barlow_twins_loss
 
 WORLD = 2
 BATCH_PER_RANK = 4

@@ -13,16 +13,26 @@ from numba import njit
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from torchvision.transforms import RandomResizedCrop
 
-from ffcv_bt.ops.blur import RandomGaussianBlurViews, gaussian_blur
-from ffcv_bt.ops.color_jitter import (BRIGHTNESS, CONTRAST, HUE, JITTER_PARAMS, SATURATION,
-                                      RandomColorJitterViews, color_jitter, hue_rotate,
-                                      pil_hsv_to_rgb, pil_hue_saturation, saturate)
-from ffcv_bt.ops.crop_decoder import random_crop_box
-from ffcv_bt.ops.flip import RandomFlipViews, hflip
-from ffcv_bt.ops.fused import FusedViewAugment, fuse_view_ops
-from ffcv_bt.ops.grayscale import RandomGrayscaleViews, to_grayscale
-from ffcv_bt.ops.rng import EpochSeed, stream_key, uniform
-from ffcv_bt.ops.solarize import RandomSolarizeViews, solarize
+from ffcv_bt.augment.blur import RandomGaussianBlurViews, gaussian_blur
+from ffcv_bt.augment.color_jitter import (
+    BRIGHTNESS,
+    CONTRAST,
+    HUE,
+    JITTER_PARAMS,
+    SATURATION,
+    RandomColorJitterViews,
+    color_jitter,
+    hue_rotate,
+    pil_hsv_to_rgb,
+    pil_hue_saturation,
+    saturate,
+)
+from ffcv_bt.augment.crop_decoder import random_crop_box
+from ffcv_bt.augment.flip import RandomFlipViews, hflip
+from ffcv_bt.augment.fused import FusedViewAugment, fuse_view_ops
+from ffcv_bt.augment.grayscale import RandomGrayscaleViews, to_grayscale
+from ffcv_bt.augment.rng import EpochSeed, stream_key, uniform
+from ffcv_bt.augment.solarize import RandomSolarizeViews, solarize
 
 
 def photo_like(height: int = 24, width: int = 30, seed: int = 0) -> np.ndarray:
@@ -121,18 +131,18 @@ def test_every_kernel_keeps_fastmath_off():
     leave it unset (numba/core/cpu.py, ``inherit_if_not_set``); it breaks the float32 forms
     (seen: 0.1% of all colours off after a hue rotation, up to 6 levels in the loader's
     jittered views). A direct call here would not show it (numba reuses the overload
-    compiled first), so check the setting of every numba function in ffcv_bt.ops.
+    compiled first), so check the setting of every numba function in ffcv_bt.augment.
     (tests/test_device_augment.py checks the loader's pixels themselves.)"""
     import importlib
     import pkgutil
 
     from numba.core.registry import CPUDispatcher
 
-    import ffcv_bt.ops
+    import ffcv_bt.augment
 
     kernels = []
-    for info in pkgutil.iter_modules(ffcv_bt.ops.__path__):
-        module = importlib.import_module(f"ffcv_bt.ops.{info.name}")
+    for info in pkgutil.iter_modules(ffcv_bt.augment.__path__):
+        module = importlib.import_module(f"ffcv_bt.augment.{info.name}")
         kernels += [f for f in vars(module).values()
                     if isinstance(f, CPUDispatcher) and f.__module__ == module.__name__]
     assert hue_rotate in kernels and saturate in kernels and len(kernels) >= 25, kernels

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ffcv_bt.optim import LARS, param_groups_for_lars, set_learning_rates
+from ffcv_bt.method.lars import LARS, param_groups_for_lars, set_learning_rates
 
 LR, WD, MOMENTUM, ETA = 0.3, 0.01, 0.9, 0.001  # wd large enough to matter in the numbers
 

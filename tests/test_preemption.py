@@ -9,13 +9,13 @@ import signal
 from pathlib import Path
 
 import pytest
+from recipes import write_tiny_recipe
 
 from ffcv_bt.config import load_recipe
-from ffcv_bt.distributed import DistInfo
+from ffcv_bt.distributed.preemption import StopSignals
+from ffcv_bt.distributed.process_group import DistInfo
 from ffcv_bt.errors import Preempted
-from ffcv_bt.evaluate import Evaluation
-from ffcv_bt.preemption import StopSignals
-from recipes import write_tiny_recipe
+from ffcv_bt.evaluation.trained import Evaluation
 
 
 class _SignalAt:

@@ -16,8 +16,8 @@ import torch
 import torch.multiprocessing as mp
 from ffcv.pipeline.compiler import Compiler
 
-from ffcv_bt.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from ffcv_bt.config import RULES_DIR, load_recipe
+from ffcv_bt.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from ffcv_bt.data.pretrain_loader import AugmentationParams, make_pretrain_loader
 from ffcv_bt.errors import ConfigError, DataError
 
@@ -130,7 +130,7 @@ def test_two_view_loader_end_to_end(coded_beton):
     loader.set_resolution(40)
     bigger = run_epoch(loader)
     assert bigger[0][0].shape == (8, 3, 40, 40) and len(bigger) == len(loader)
-    for first, second, batch_labels in bigger:
+    for first, _second, batch_labels in bigger:
         assert_views_match_labels(first, batch_labels)
 
 
@@ -178,7 +178,7 @@ def _rank_labels(rank: int, world_size: int, init_file: str, beton: str, out_dir
                                       seed=5, device="cpu", distributed=True, with_labels=True)
         for epoch in range(2):
             labels = []
-            for first, second, batch_labels in loader:
+            for first, _second, batch_labels in loader:
                 assert_views_match_labels(first, batch_labels)
                 labels.append(batch_labels)
             np.save(os.path.join(out_dir, f"rank{rank}_epoch{epoch}.npy"), torch.cat(labels).numpy())

@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from ffcv_bt.config import RULES_DIR, load_recipe
-from ffcv_bt.model import BarlowTwins
-from ffcv_bt.objective import barlow_twins_loss
-from ffcv_bt.optim import LARS, param_groups_for_lars, set_learning_rates
-from ffcv_bt.schedules import lr_at
+from ffcv_bt.method.lars import LARS, param_groups_for_lars, set_learning_rates
+from ffcv_bt.method.model import BarlowTwins
+from ffcv_bt.method.objective import barlow_twins_loss
+from ffcv_bt.method.schedules import lr_at
 
 REFERENCE_GPUS = 16                      # the release README: 16 V100, ~7 days
 # Only the model's size changes: both ndim > 1 weights and ndim == 1 biases/BN remain.

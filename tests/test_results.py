@@ -1,4 +1,4 @@
-"""Tests for ffcv_bt.results: tables aggregated over seeds, published rows, the plot."""
+"""Tests for ffcv_bt.reporting.tables: tables aggregated over seeds, published rows, the plot."""
 from __future__ import annotations
 
 import statistics
@@ -7,10 +7,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ffcv_bt.published import PUBLISHED, published_for
-from ffcv_bt.results import (format_mean_std, format_significant, generate, is_imagenet_1k,
-                             main, read_runs)
-from ffcv_bt.runs_csv import append_run_row
+from ffcv_bt.reporting.published import PUBLISHED, published_for
+from ffcv_bt.reporting.runs_csv import append_run_row
+from ffcv_bt.reporting.tables import (
+    format_mean_std,
+    format_significant,
+    generate,
+    is_imagenet_1k,
+    main,
+    read_runs,
+)
 from tests.test_runs_csv import IMAGENET, LEGACY_CSV, make_row
 
 REPO = Path(__file__).resolve().parents[1]

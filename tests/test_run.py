@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
-
 from recipes import write_tiny_recipe
 
 REPO = Path(__file__).resolve().parent.parent

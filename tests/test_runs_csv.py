@@ -1,4 +1,4 @@
-"""Tests for ffcv_bt.runs_csv: row format, validation, locked append, legacy files."""
+"""Tests for ffcv_bt.reporting.runs_csv: row format, validation, locked append, legacy files."""
 from __future__ import annotations
 
 import csv
@@ -13,8 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from ffcv_bt.runs_csv import (LEGACY_COLUMNS, RUNS_COLUMNS, append_run_row, check_run_row,
-                              read_runs, relative_run_dir)
+from ffcv_bt.reporting.runs_csv import (
+    LEGACY_COLUMNS,
+    RUNS_COLUMNS,
+    append_run_row,
+    check_run_row,
+    read_runs,
+    relative_run_dir,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 A100 = "NVIDIA A100-SXM4-80GB"
@@ -155,7 +161,7 @@ def test_bad_value_in_csv_names_file_line_and_column(tmp_path):
 
 def test_bad_file_through_the_command_is_one_line(tmp_path):
     (tmp_path / "runs.csv").write_text(LEGACY_CSV.replace("69.3,98.35", "69.3,998.35"))
-    done = subprocess.run([sys.executable, "-m", "ffcv_bt.results", "--results-dir", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "ffcv_bt.reporting.tables", "--results-dir", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 2
@@ -247,7 +253,7 @@ def test_concurrent_appends_lose_and_interleave_nothing(tmp_path, start):
 def test_append_waits_for_the_lock(tmp_path):
     csv_path = tmp_path / "runs.csv"
     append_run_row(csv_path, make_row(run_id="first"))
-    code = ("import json, sys; from ffcv_bt.runs_csv import append_run_row; "
+    code = ("import json, sys; from ffcv_bt.reporting.runs_csv import append_run_row; "
             "print('ready', flush=True); append_run_row(sys.argv[1], json.loads(sys.argv[2]))")
     second = json.dumps(make_row(run_id="second"))
     with open(csv_path, "ab") as held:

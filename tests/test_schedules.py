@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 
 from ffcv_bt.config import RULES_DIR, load_recipe
-from ffcv_bt.dry_run import resolution_segments
-from ffcv_bt.schedules import cosine_epoch_lr, lr_at, resolution_at, resolution_of_recipe
+from ffcv_bt.method.schedules import (
+    cosine_epoch_lr,
+    lr_at,
+    resolution_at,
+    resolution_of_recipe,
+)
+from ffcv_bt.reporting.dry_run import resolution_segments
 
 
 def test_resolution_holds_ramps_and_holds() -> None:

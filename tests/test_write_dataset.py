@@ -4,10 +4,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-from collections import Counter
 import struct
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -16,8 +16,12 @@ import pytest
 from PIL import Image
 
 from ffcv_bt.data import write as write_module
-from ffcv_bt.data.fashion_mnist import (CLASS_NAMES, FASHION_MNIST_DIR, materialise_fashion_mnist,
-                                        read_idx)
+from ffcv_bt.data.fashion_mnist import (
+    CLASS_NAMES,
+    FASHION_MNIST_DIR,
+    materialise_fashion_mnist,
+    read_idx,
+)
 from ffcv_bt.data.image_folder import Sample
 from ffcv_bt.data.label_subsets import balanced_subset, subset_from_file, subset_size
 from ffcv_bt.data.write import write_dataset

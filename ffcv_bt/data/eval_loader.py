@@ -24,11 +24,18 @@ from ffcv.loader import Loader
 from ffcv.pipeline import PipelineSpec
 from ffcv.transforms import ToTensor
 
-from ..ops.crop_decoder import MultiViewRandomResizedCropDecoder
-from ..ops.flip import RandomFlipViews
-from ..ops.rng import EpochSeed
-from .normalize import labels_to_device, normalize_images
-from .ffcv_loading import BufferGuard, build_loader, check_beton, check_indices, default_device, keep_torch_threads
+from ffcv_bt.augment.crop_decoder import MultiViewRandomResizedCropDecoder
+from ffcv_bt.augment.flip import RandomFlipViews
+from ffcv_bt.augment.rng import EpochSeed
+from ffcv_bt.data.ffcv_loading import (
+    BufferGuard,
+    build_loader,
+    check_beton,
+    check_indices,
+    default_device,
+    keep_torch_threads,
+)
+from ffcv_bt.data.normalize import labels_to_device, normalize_images
 
 SPLITS = ("train", "val")
 

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ffcv_bt.errors import DataError
 from ffcv_bt.atomic_files import atomic_write_json
+from ffcv_bt.errors import DataError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Digit prefixes keep the sorted folder order equal to the label order 0..9.

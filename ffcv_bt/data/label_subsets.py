@@ -2,7 +2,8 @@
 
 Either from the standard lists of training file names published with SimCLR (Chen et al.
 2020; one name per line, as files, never fetched), or drawn class-balanced with a fixed seed;
-the manifest records which.
+the manifest records which. Drawn subsets are sets of distinct indices, exactly
+``subset_size`` per class; the 1% and 10% draws are independent (not nested).
 """
 from __future__ import annotations
 

@@ -72,8 +72,17 @@ class Manifest:
                             f"write_dataset.py (set data.dir, or {REWRITE_HINT})")
         try:
             content = json.loads(path.read_text())
-            content["classes"], content["splits"]["train"]["num_images"]  # noqa: B018
-        except (ValueError, KeyError, TypeError) as exc:
+            classes, splits = content["classes"], content["splits"]
+            if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+                raise ValueError("'classes' is not a non-empty list of names")
+            for split in ("train", "val"):
+                n = splits[split]["num_images"]
+                if not (isinstance(n, int) and n >= 1):
+                    raise ValueError(f"splits.{split}.num_images is {n!r}, not a positive integer")
+            for percent, entry in content.get("subsets", {}).items():
+                if int(percent) not in (1, 10) or not isinstance(entry["count"], int):
+                    raise ValueError(f"subsets.{percent} is not a 1 or 10 % subset with a count")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(f"{path}: not a valid manifest ({exc!r}); {REWRITE_HINT}") from None
         return cls(data_dir, content)
 
@@ -106,6 +115,6 @@ class Manifest:
         return f"{name} ({len(self.classes)} classes, {self.num_images('train'):,} train)"
 
     def dataset_fields(self) -> dict[str, Any]:
-        """The data-set columns of a runs.csv row (see ffcv_bt.runs_csv)."""
+        """The data-set columns of a runs.csv row (see ffcv_bt.reporting.runs_csv)."""
         return {"dataset": self.dataset_label(), "dataset_classes": len(self.classes),
                 "dataset_train_images": self.num_images("train")}

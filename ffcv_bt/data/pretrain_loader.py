@@ -7,13 +7,13 @@ float32 tensors on the device.
 
 Randomness: the sample order comes from FFCV (``seed + epoch``; under ``distributed`` a
 ``DistributedSampler`` seeded the same way) and every augmentation number from
-``(seed, epoch, sample index, view, op)`` (:mod:`ffcv_bt.ops.rng`). A given seed therefore
+``(seed, epoch, sample index, view, op)`` (:mod:`ffcv_bt.augment.rng`). A given seed therefore
 yields the same batches whatever the worker count, and ``set_epoch(e)`` on a fresh loader
 reproduces epoch ``e`` of a running one.
 
 ``augment_on="gpu"`` (the recipe's ``aug.device``) leaves only decode, crop and flip to the
 workers: a third output "params" carries each view's decisions
-(:mod:`ffcv_bt.ops.view_params`) and :mod:`ffcv_bt.data.device_augment` applies the colour
+(:mod:`ffcv_bt.augment.view_params`) and :mod:`ffcv_bt.augment.device_augment` applies the colour
 jitter, grayscale, blur and solarize as batched torch ops on ``device``, equal to the
 numba ops to the level.
 
@@ -33,19 +33,26 @@ from ffcv.loader import Loader
 from ffcv.pipeline import PipelineSpec
 from ffcv.transforms import ToTensor
 
-from ..ops.blur import RandomGaussianBlurViews
-from ..ops.color_jitter import RandomColorJitterViews
-from ..ops.crop_decoder import MultiViewRandomResizedCropDecoder
-from ..ops.flip import RandomFlipViews
-from ..ops.fused import fuse_view_ops
-from ..ops.grayscale import RandomGrayscaleViews
-from ..ops.rng import EpochSeed
-from ..ops.solarize import RandomSolarizeViews
-from ..ops.view_op import ViewOperation
-from ..ops.view_params import ViewParamsDecoder
-from .device_augment import augment_views
-from .ffcv_loading import BufferGuard, build_loader, check_beton, check_indices, default_device, keep_torch_threads
-from .normalize import labels_to_device, normalize_images
+from ffcv_bt.augment.blur import RandomGaussianBlurViews
+from ffcv_bt.augment.color_jitter import RandomColorJitterViews
+from ffcv_bt.augment.crop_decoder import MultiViewRandomResizedCropDecoder
+from ffcv_bt.augment.device_augment import augment_views
+from ffcv_bt.augment.flip import RandomFlipViews
+from ffcv_bt.augment.fused import fuse_view_ops
+from ffcv_bt.augment.grayscale import RandomGrayscaleViews
+from ffcv_bt.augment.rng import EpochSeed
+from ffcv_bt.augment.solarize import RandomSolarizeViews
+from ffcv_bt.augment.view_op import ViewOperation
+from ffcv_bt.augment.view_params import ViewParamsDecoder
+from ffcv_bt.data.ffcv_loading import (
+    BufferGuard,
+    build_loader,
+    check_beton,
+    check_indices,
+    default_device,
+    keep_torch_threads,
+)
+from ffcv_bt.data.normalize import labels_to_device, normalize_images
 
 AUGMENT_ON = ("cpu", "gpu")  # where the per-view ops after the flip run (recipe: aug.device)
 
@@ -127,9 +134,9 @@ def view_transforms(aug: AugmentationParams, seed: EpochSeed, views: slice,
                     augment_on: str = "cpu") -> list:
     """The FFCV transforms after the crop for the views selected by ``views``.
 
-    ``augment_on="cpu"``: every per-view op, fused into one (ffcv_bt/ops/fused.py: the same
+    ``augment_on="cpu"``: every per-view op, fused into one (ffcv_bt/augment/fused.py: the same
     pixels as the five in turn, fewer passes). ``"gpu"``: the flip only; the rest runs on
-    the training device (:mod:`ffcv_bt.data.device_augment`).
+    the training device (:mod:`ffcv_bt.augment.device_augment`).
     """
     ops = view_ops(aug, seed, views)
     if augment_on == "gpu":

@@ -27,10 +27,17 @@ import PIL
 from tqdm import tqdm
 
 from ffcv_bt.atomic_files import atomic_write
-from ffcv_bt.data.manifest import MANIFEST_NAME, SPLITS, Manifest, beton_path
-from ffcv_bt.data.image_folder import (RGB_CONVERSION, Sample, check_image, check_not_empty,
-                                      load_rgb, scan_dataset, skip_record)
+from ffcv_bt.data.image_folder import (
+    RGB_CONVERSION,
+    Sample,
+    check_image,
+    check_not_empty,
+    load_rgb,
+    scan_dataset,
+    skip_record,
+)
 from ffcv_bt.data.label_subsets import resolve_subsets
+from ffcv_bt.data.manifest import MANIFEST_NAME, SPLITS, Manifest, beton_path
 from ffcv_bt.errors import DataError
 
 WRITE_MODES = ("raw", "jpg", "smart", "proportion")
@@ -154,7 +161,10 @@ def _write_beton_here(samples: Sequence[Sample], path: Path, *, write_mode: str,
                       max_resolution: int | None, compress_probability: float, jpeg_quality: int,
                       num_workers: int, chunk_size: int, seed: int) -> None:
     """write_beton's work, in the current process."""
-    from ffcv.fields import IntField, RGBImageField  # importing ffcv pulls in torch (~7 s)
+    from ffcv.fields import (  # importing ffcv pulls in torch (~7 s)
+        IntField,
+        RGBImageField,
+    )
     from ffcv.writer import DatasetWriter
 
     images = FolderImages(samples, max_resolution, seed)

@@ -1,0 +1,82 @@
+"""Stop signals (SLURM preemption and time limits) that every rank agrees on.
+
+submitit asks SLURM for SIGUSR2 before the time limit; schedulers also send SIGTERM or
+SIGUSR1. A signal reaches each rank on its own, possibly a step apart. If each rank
+stopped when it saw the signal, a late rank would already be inside the next step's
+collectives while the others wait in the checkpoint barrier: a hang past the warning time,
+and no requeue if rank 0 is the late one. So the ranks agree: every step each rank
+contributes its flag to a MAX all-reduce over a CPU (gloo) group, and all stop after the
+same step. A CPU group keeps that agreement free of GPU synchronisation.
+
+``StopSignals`` is a context manager: it installs the handlers on entry and restores the
+previous ones on exit, so the next stage (an evaluation) is interruptible too. After the
+checkpoint, :meth:`StopSignals.hand_over` calls the handler that was there before ours
+(submitit's, which requeues the job).
+"""
+from __future__ import annotations
+
+import signal
+from types import FrameType, TracebackType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ffcv_bt.distributed.collectives import world_size
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+_CONTROL_GROUP: Any = None
+
+
+def control_group() -> Any:
+    """A gloo process group over all ranks, for small CPU messages (created once)."""
+    global _CONTROL_GROUP
+    if _CONTROL_GROUP is None:
+        _CONTROL_GROUP = (dist.group.WORLD if dist.get_backend() == "gloo"
+                          else dist.new_group(backend="gloo"))
+    return _CONTROL_GROUP
+
+
+class StopSignals:
+    """Records stop signals; :meth:`agreed` tells every rank whether any rank got one."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        for sig in STOP_SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._record)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+    def _record(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
+        self.received = signum
+
+    def agreed(self) -> int | None:
+        """The signal to stop for if ANY rank received one (a collective: call it on every
+        rank at the same point of every step); None to go on."""
+        local = self.received or 0
+        if world_size() == 1:
+            return self.received
+        flag = torch.tensor([local], dtype=torch.int64)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=control_group())
+        agreed = int(flag.item())
+        if agreed and self.received is None:
+            self.received = agreed
+        return agreed or None
+
+    def hand_over(self) -> None:
+        """After the checkpoint: call the handler that was installed before ours (submitit's
+        requeues the job), if it is a Python callable."""
+        previous = self._previous.get(self.received or -1)
+        if callable(previous):
+            previous(self.received, None)

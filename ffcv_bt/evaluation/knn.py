@@ -1,0 +1,184 @@
+"""The kNN protocol: weighted k-nearest-neighbour votes on frozen features, and the
+stage that runs it on a dataset folder.
+
+The protocol of Wu et al. 2018 ("Unsupervised feature learning via non-parametric instance
+discrimination"), as used by DINO's ``eval_knn`` (Caron et al. 2021): features are
+L2-normalised, each query's k most cosine-similar training features vote for their labels
+with weight ``exp(similarity / temperature)``, and the class scores are the summed votes.
+Usual settings: k = 20, temperature = 0.07.
+
+``knn_predict`` works on full tensors on any device. ``evaluate_knn`` runs the protocol on
+a dataset folder with the protocol file's k and temperature. Both splits are read without
+augmentation (resize to ``knn.resize``, centre crop ``knn.res``) and the backbone runs
+frozen, in eval mode, in fp32. Unlike the linear probe, the result does not depend on the
+scale of the features (cosine similarity), so the random-init control is a fair control.
+Backbones: a weights file, ``random``, or ``pixels`` (the normalised crops themselves as
+features: the floor any representation should beat; small images only, it stores every
+train image).
+
+Each rank extracts the features of a disjoint slice of the images; the slices are gathered
+and every rank holds all features (ImageNet-1k at 2048-d: ~10 GB, as DINO's kNN does).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ffcv_bt.config import Recipe
+from ffcv_bt.data.eval_loader import make_eval_loader
+from ffcv_bt.data.manifest import Manifest, beton_path
+from ffcv_bt.distributed.collectives import gather_rows
+from ffcv_bt.distributed.process_group import DistInfo
+from ffcv_bt.evaluation.backbone_weights import load_backbone, sha256_of
+from ffcv_bt.reporting.accounting import StageClock, device_description
+from ffcv_bt.stage.skeleton import run_stage, set_stage_threads
+
+
+def knn_predict(train_features: Tensor, train_labels: Tensor, query_features: Tensor,
+                num_classes: int, k: int = 20, temperature: float = 0.07,
+                chunk_size: int = 256) -> Tensor:
+    """Class scores (Q, C) of each query row: the sum of ``exp(cos / temperature)`` over its
+    ``min(k, N)`` most similar training rows, per training label.
+
+    Computed on ``train_features``' device in its dtype (at least float32). Queries are taken
+    ``chunk_size`` at a time, so the similarity matrix in memory is ``chunk_size x N``.
+    """
+    if train_features.ndim != 2 or query_features.ndim != 2:
+        raise ValueError("knn_predict expects (N, D) train and (Q, D) query features, got "
+                         f"{tuple(train_features.shape)} and {tuple(query_features.shape)}")
+    if train_features.shape[1] != query_features.shape[1]:
+        raise ValueError(f"feature dimensions differ: train {train_features.shape[1]}, "
+                         f"query {query_features.shape[1]}")
+    if train_labels.shape != (train_features.shape[0],):
+        raise ValueError(f"train_labels must have shape ({train_features.shape[0]},), "
+                         f"got {tuple(train_labels.shape)}")
+    if k < 1 or temperature <= 0 or chunk_size < 1:
+        raise ValueError(f"need k >= 1, temperature > 0, chunk_size >= 1; got {k}, "
+                         f"{temperature}, {chunk_size}")
+    if train_features.shape[0] == 0:
+        raise ValueError("knn_predict needs at least one training feature")
+    device = train_features.device
+    dtype = torch.promote_types(train_features.dtype, torch.float32)
+    train = F.normalize(train_features.to(dtype), dim=1)
+    labels = train_labels.to(device=device, dtype=torch.int64)
+    k = min(k, train.shape[0])
+    scores = torch.zeros(query_features.shape[0], num_classes, device=device, dtype=dtype)
+    for start in range(0, query_features.shape[0], chunk_size):
+        queries = F.normalize(query_features[start:start + chunk_size].to(device, dtype), dim=1)
+        similarity, index = (queries @ train.T).topk(k, dim=1)
+        votes = (similarity / temperature).exp()
+        scores[start:start + queries.shape[0]].scatter_add_(1, labels[index], votes)
+    return scores
+
+
+def knn_accuracy(train_features: Tensor, train_labels: Tensor, query_features: Tensor,
+                 query_labels: Tensor, num_classes: int, k: int = 20, temperature: float = 0.07,
+                 chunk_size: int = 256) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (percent) of :func:`knn_predict`'s scores.
+
+    Classes with equal scores rank by class index (lowest first), so results are
+    deterministic.
+    """
+    scores = knn_predict(train_features, train_labels, query_features, num_classes, k,
+                         temperature, chunk_size)
+    if query_labels.shape != (scores.shape[0],):
+        raise ValueError(f"query_labels must have shape ({scores.shape[0]},), "
+                         f"got {tuple(query_labels.shape)}")
+    if scores.shape[0] == 0:
+        raise ValueError("knn_accuracy needs at least one query")
+    ranking = scores.sort(dim=1, descending=True, stable=True).indices[:, :min(5, num_classes)]
+    hits = ranking.eq(query_labels.to(ranking.device, torch.int64)[:, None])
+    n = scores.shape[0]
+    return (100.0 * float(hits[:, :1].any(dim=1).sum()) / n,
+            100.0 * float(hits.any(dim=1).sum()) / n)
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+                     device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """Features (N, D) float32 and labels (N,) int64, both on the CPU, of a frozen backbone.
+
+    Runs ``backbone`` in eval mode (BatchNorm uses its running statistics, its mode is
+    restored afterwards) in fp32 with autocast off. Everything kept is copied out of the
+    batch, since FFCV loaders reuse their buffers.
+    """
+    device = torch.device(device)
+    was_training = backbone.training
+    backbone.eval()
+    features, labels = [], []
+    try:
+        for images, targets in batches:
+            with torch.autocast(device.type, enabled=False):
+                out = backbone(images.to(device, non_blocking=True).float())
+            features.append(out.reshape(out.shape[0], -1).to("cpu", torch.float32, copy=True))
+            labels.append(targets.reshape(-1).to("cpu", torch.int64, copy=True))
+    finally:
+        backbone.train(was_training)
+    if not features:
+        raise ValueError("extract_features got no batches")
+    return torch.cat(features), torch.cat(labels)
+
+
+PIXELS = "pixels"
+
+
+def _split_features(recipe: Recipe, backbone: nn.Module, data_dir: Path, split: str,
+                    num_images: int, dist: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' features and labels of ``split``, in a fixed order (rank slices in turn)."""
+    k = recipe["knn"]
+    indices = np.arange(num_images)[dist.rank::dist.world_size]
+    loader = make_eval_loader(str(beton_path(data_dir, split)),
+                              max(1, k["batch_size"] // dist.world_size), "val",
+                              recipe["data"]["num_workers"], device=dist.device, res=k["res"],
+                              resize_ratio=k["res"] / k["resize"], indices=indices,
+                              in_memory=recipe["data"]["in_memory"])
+    set_stage_threads(dist, recipe["train"]["cpu_threads"])
+    features, labels = extract_features(backbone, loader, dist.device)
+    return gather_rows(features.to(dist.device)).cpu(), gather_rows(labels.to(dist.device)).cpu()
+
+
+def evaluate_knn(recipe: Recipe, weights: str, out_dir: str | Path, dist: DistInfo) -> dict[str, Any]:
+    """Run (or skip, if finished) the kNN protocol on ``weights`` (a path, ``random`` or
+    ``pixels``); write and return result.json."""
+    return run_stage(out_dir, lambda: _knn_stage(recipe, weights, Path(out_dir), dist), dist)
+
+
+def _knn_stage(recipe: Recipe, weights: str, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m, k = recipe["model"], recipe["knn"]
+    data_dir = Path(recipe["data"]["dir"])
+    manifest = Manifest.read(data_dir)
+    if weights == PIXELS:
+        backbone: nn.Module = nn.Flatten()
+    else:
+        backbone, _ = load_backbone(weights, m["arch"], m["width"], m["small_stem"],
+                                    seed=recipe["train"]["seed"])
+    backbone = backbone.to(dist.device)
+    clock = StageClock(dist.device, dist.world_size)
+    clock.start()
+    train_x, train_y = _split_features(recipe, backbone, data_dir, "train",
+                                       manifest.num_images("train"), dist)
+    val_x, val_y = _split_features(recipe, backbone, data_dir, "val", manifest.num_images("val"), dist)
+    compute_on = dist.device if dist.device.type == "cuda" else torch.device("cpu")
+    top1, top5 = knn_accuracy(train_x.to(compute_on), train_y, val_x.to(compute_on), val_y,
+                              len(manifest.classes), k=k["k"], temperature=k["temperature"])
+    clock.stop()
+    kind = weights if weights in ("random", PIXELS) else "pretrained"
+    result = {
+        "protocol": "knn", "backbone": kind, "top1": top1, "top5": top5,
+        "best_top1": top1, "best_epoch": 0,
+        "device_seconds": clock.seconds, "device_hours": clock.device_hours,
+        "checkpoint": weights,
+        "checkpoint_sha256": None if kind != "pretrained" else sha256_of(weights),
+        "settings": {**k, "precision": "fp32", "train_images": int(train_x.shape[0]),
+                     "val_images": int(val_x.shape[0]), "feature_dim": int(train_x.shape[1])},
+        "protocol_file": recipe.protocol_file, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **device_description(dist.device),
+    }
+    return result

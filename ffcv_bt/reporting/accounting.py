@@ -1,0 +1,156 @@
+"""The clock and device-hours: what each stage of a run cost, and on what.
+
+Device-hours = number of devices x wall-clock hours, the unit the baseline is quoted in
+(16 V100 x ~7 days = ~2,688 V100-hours). The clock synchronises the device before it
+reads the time, so queued GPU work is charged to the stage that queued it (as AlgoPerf's
+runner does). Every result also records the device, library and code versions that made it.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from ffcv_bt.distributed.collectives import world_size
+
+_VERSIONED_LIBRARIES = ("torch", "torchvision", "ffcv", "numba", "numpy")
+
+
+def sync_device(device: torch.device) -> None:
+    """Wait for all queued work on ``device`` (CUDA); nothing to wait for on CPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class StageClock:
+    """Wall-clock seconds of one stage, accumulated across resumes.
+
+    ``prior_seconds`` carries the time already spent before a restart (save ``.seconds``
+    in the checkpoint and pass it back). Use ``start()``/``stop()`` or ``with clock:``.
+    """
+
+    def __init__(self, device: torch.device, n_devices: int = 1, prior_seconds: float = 0.0):
+        if n_devices < 1:
+            raise ValueError(f"n_devices must be >= 1, got {n_devices}")
+        if prior_seconds < 0:
+            raise ValueError(f"prior_seconds must be >= 0, got {prior_seconds}")
+        self.device = torch.device(device)
+        self.n_devices = n_devices
+        self._accumulated = float(prior_seconds)
+        self._started_at: float | None = None
+
+    def start(self) -> None:
+        """Synchronise the device, then start timing."""
+        if self._started_at is not None:
+            raise RuntimeError("StageClock.start() called while already running")
+        sync_device(self.device)
+        self._started_at = time.perf_counter()
+
+    def stop(self) -> float:
+        """Synchronise the device, stop timing; return the seconds of this interval."""
+        if self._started_at is None:
+            raise RuntimeError("StageClock.stop() called without start()")
+        sync_device(self.device)
+        interval = time.perf_counter() - self._started_at
+        self._started_at = None
+        self._accumulated += interval
+        return interval
+
+    @property
+    def running(self) -> bool:
+        return self._started_at is not None
+
+    @property
+    def seconds(self) -> float:
+        """Total wall-clock seconds, including a running interval (read without syncing)."""
+        if self._started_at is None:
+            return self._accumulated
+        return self._accumulated + time.perf_counter() - self._started_at
+
+    @property
+    def device_hours(self) -> float:
+        """``n_devices`` x wall-clock hours."""
+        return self.n_devices * self.seconds / 3600
+
+    def __enter__(self) -> "StageClock":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _cpu_model_name() -> str:
+    """The processor model from /proc/cpuinfo, else whatever ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def device_description(device: torch.device) -> dict:
+    """What the run ran on: {"device": name, "n_devices": world size, "device_type": ...}.
+
+    CPU names read "cpu (<model name>)", CUDA names are ``torch.cuda.get_device_name``.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "cpu":
+        name = f"cpu ({_cpu_model_name()})"
+    else:
+        raise ValueError(f"unsupported device type {device.type!r} (expected 'cpu' or 'cuda')")
+    return {"device": name, "n_devices": world_size(), "device_type": device.type}
+
+
+def library_versions() -> dict:
+    """Versions of the libraries a result depends on, plus Python's and torch's CUDA.
+
+    Read from package metadata, so nothing is imported (importing ffcv would set torch's
+    thread count); torch's own ``__version__`` is used because it carries the build tag
+    (e.g. ``+cu130``) that the metadata drops.
+    """
+    versions = {}
+    for name in _VERSIONED_LIBRARIES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    versions["torch"] = torch.__version__
+    versions["cuda"] = torch.version.cuda or "none"
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def _git(repo_dir: Path, *args: str) -> str:
+    result = subprocess.run(["git", "-C", str(repo_dir), *args], capture_output=True,
+                            text=True, check=True, timeout=60)
+    return result.stdout
+
+
+def code_version(repo_dir: str | Path) -> dict:
+    """{"git_sha": HEAD commit, "dirty": uncommitted or untracked changes?} of ``repo_dir``.
+
+    Both values are "unknown" when ``repo_dir`` is not a git checkout (or git is missing);
+    "unknown" is truthy, so a caller testing ``dirty`` treats it as dirty. A repository
+    without commits has sha "unknown" and a real ``dirty``.
+    """
+    repo_dir = Path(repo_dir)
+    try:
+        status = _git(repo_dir, "status", "--porcelain")
+    except (OSError, subprocess.SubprocessError):
+        return {"git_sha": "unknown", "dirty": "unknown"}
+    try:
+        sha = _git(repo_dir, "rev-parse", "--verify", "HEAD").strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = "unknown"
+    return {"git_sha": sha, "dirty": bool(status.strip())}

@@ -1,0 +1,174 @@
+"""The cost-accuracy frontier of a sweep, from results/runs.csv only.
+
+``python -m ffcv_bt.reporting.frontier --sweep demo-frontier`` writes ``results/<sweep>.md`` (default
+``results/frontier.md`` for the demo sweep) and a plot beside it: one row per configuration
+(lever x epochs) with mean ± sample std and n over seeds per protocol, the measured
+pretraining device-hours, the noise-free compute (epochs-equivalent at the maximum
+resolution x train images, from the ``pretrain_epoch_equivalents`` column) and whether the
+configuration is on the Pareto frontier of accuracy vs compute.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ffcv_bt.reporting.runs_csv import read_runs
+
+PROTOCOLS = ("knn", "linear")
+
+
+def pareto_front(costs: list[float], values: list[float]) -> list[bool]:
+    """True where no other point costs no more and scores no less, and is strictly better
+    in one of the two (equal points are both on the frontier)."""
+    out = []
+    for c, v in zip(costs, values):
+        dominated = any(c2 <= c and v2 >= v and (c2 < c or v2 > v)
+                        for c2, v2 in zip(costs, values))
+        out.append(not dominated)
+    return out
+
+
+@dataclass
+class Stat:
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Stat":
+        return cls(statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None,
+                   len(values))
+
+    def __str__(self) -> str:
+        spread = f"{self.std:.2f}" if self.std is not None else "n/a"
+        return f"{self.mean:.2f} ± {spread} (n={self.n})"
+
+
+def configurations(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
+    """One row per (lever, epochs) of ``sweep``'s pretrained rows: per protocol a Stat,
+    the mean pretraining device-hours, the compute and the frontier flags."""
+    ours = runs[runs["recipe"].str.startswith(f"{sweep}.") & (runs["backbone"] == "pretrained")]
+    rows = []
+    for (recipe, epochs), group in ours.groupby(["recipe", "epochs"], sort=False):
+        pretrain = group.drop_duplicates("run_id")
+        equivalents = {float(x) for x in pretrain["pretrain_epoch_equivalents"] if x is not None}
+        row = {"lever": recipe.split(".", 1)[1], "epochs": int(epochs),
+               "epoch_equivalents": max(equivalents) if equivalents else float("nan"),
+               "train_images": int(pretrain["dataset_train_images"].iloc[0] or 0),
+               "pretrain_hours": float(pretrain["pretrain_gpu_hours"].mean()),
+               "device": ", ".join(sorted(set(pretrain["device"])))}
+        row["compute_images"] = row["epoch_equivalents"] * row["train_images"]
+        for protocol in PROTOCOLS:
+            values = [float(v) for v in group[group["protocol"] == protocol]["top1"]]
+            row[protocol] = Stat.of(values) if values else None
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table = table.sort_values(["lever", "epochs"], kind="stable").reset_index(drop=True)
+    for protocol in PROTOCOLS:
+        have = table[protocol].notna()
+        flags = pareto_front(list(table.loc[have, "compute_images"]),
+                             [s.mean for s in table.loc[have, protocol]])
+        table[f"front_{protocol}"] = False
+        table.loc[have, f"front_{protocol}"] = flags
+    return table
+
+
+def controls(runs: pd.DataFrame, sweep: str) -> dict[tuple[str, str], Stat]:
+    """(protocol, backbone) -> Stat for the sweep's random-init and raw-pixel rows."""
+    rows = runs[runs["recipe"].str.startswith(f"{sweep}.") & (runs["backbone"] != "pretrained")]
+    return {(p, b): Stat.of([float(v) for v in g["top1"]])
+            for (p, b), g in rows.groupby(["protocol", "backbone"])}
+
+
+def markdown(table: pd.DataFrame, floor: dict[tuple[str, str], Stat], sweep: str) -> str:
+    lines = [f"# Frontier of sweep `{sweep}` (generated from runs.csv by ffcv_bt/reporting/frontier.py)", "",
+             "Top-1 mean ± sample std over seeds (n). Compute: epochs-equivalent at the "
+             "maximum resolution (sum over epochs of (res / max_res)^2) x train images, free "
+             "of timing noise; device-hours are measured per run (mean over seeds) and "
+             "inflated by anything else running on the machine. Frontier: no configuration "
+             "has less or equal compute and a higher or equal mean.", ""]
+    devices = ", ".join(sorted(set(table["device"]))) if not table.empty else "none"
+    lines += [f"Machine: {devices}.", "",
+              "| lever | epochs | epoch-eq. at max res | compute (M images) | pretrain device-h "
+              "| kNN top-1 | linear top-1 | frontier kNN | frontier linear |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        cells = [r["lever"], str(r["epochs"]), f"{r['epoch_equivalents']:.2f}",
+                 f"{r['compute_images'] / 1e6:.3f}", f"{r['pretrain_hours']:.4f}",
+                 str(r["knn"]) if r["knn"] else "—", str(r["linear"]) if r["linear"] else "—",
+                 "yes" if r.get("front_knn") else "", "yes" if r.get("front_linear") else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Controls (once per sweep):", ""]
+    for (protocol, backbone), stat in sorted(floor.items()):
+        label = "raw pixels (the floor)" if backbone == "pixels" else f"{backbone}-init backbone"
+        lines.append(f"- {protocol}, {label}: {stat}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: pd.DataFrame, floor: dict[tuple[str, str], Stat], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    panels = [("knn", "compute_images", "compute: images at max resolution"),
+              ("linear", "compute_images", "compute: images at max resolution"),
+              ("knn", "pretrain_hours", "measured pretraining device-hours")]
+    for ax, (protocol, cost, xlabel) in zip(axes, panels):
+        for lever, group in table.groupby("lever", sort=False):
+            have = group[group[protocol].notna()]
+            ax.errorbar(have[cost], [s.mean for s in have[protocol]],
+                        yerr=[s.std or 0 for s in have[protocol]], marker="o", capsize=3,
+                        label=lever)
+        front = table[table[f"front_{protocol}"].astype(bool)].sort_values(cost)
+        if cost == "compute_images" and not front.empty:
+            ax.step(front[cost], [s.mean for s in front[protocol]], where="post", color="black",
+                    linestyle=":", label="Pareto frontier")
+        if (protocol, "pixels") in floor:
+            ax.axhline(floor[(protocol, "pixels")].mean, color="red", linestyle="--",
+                       label="raw-pixel kNN floor")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{protocol} top-1 (%), mean ± std over seeds")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def generate(runs_csv: str | Path, sweep: str, out_md: str | Path) -> pd.DataFrame:
+    """Write the sweep's table (``out_md``) and plot (same stem, .png); return the table."""
+    runs = read_runs(runs_csv)
+    table = configurations(runs, sweep)
+    floor = controls(runs, sweep)
+    out_md = Path(out_md)
+    out_md.write_text(markdown(table, floor, sweep))
+    if not table.empty:
+        plot(table, floor, out_md.with_suffix(".png"))
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Tables and plot of a sweep's frontier.")
+    parser.add_argument("--sweep", default="demo-frontier")
+    parser.add_argument("--runs", default="results/runs.csv")
+    parser.add_argument("--out", default=None, help="default: results/frontier.md for "
+                        "demo-frontier, else results/<sweep>.md")
+    args = parser.parse_args(argv)
+    out = args.out or ("results/frontier.md" if args.sweep == "demo-frontier"
+                       else f"results/{args.sweep}.md")
+    generate(args.runs, args.sweep, out)
+    print(f"wrote {out} and {Path(out).with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
