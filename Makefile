@@ -10,7 +10,7 @@ STAMP     := $(VENV)/.installed
 DEMO_OUT  ?= data/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: test demo test-all lint frontier apt venv results clean-venv gpu-check offline-bundle
+.PHONY: test demo test-all lint frontier apt venv results clean-venv gpu-check
 
 # The modules that call numba kernels directly run in their own processes (tests/conftest.py).
 test: $(STAMP)
@@ -33,8 +33,17 @@ demo: $(STAMP)
 # Measure this machine's GPU (~5-8 min, no data needed): writes results/devices/<gpu>.json,
 # which `run.py --dry-run` then uses for the device named in a recipe's estimate.device.
 GPU_CHECK_ARGS ?=
-gpu-check: $(STAMP)
-	$(VPY) -m bench.gpu_check $(GPU_CHECK_ARGS)
+# No apt gate and no install: the node's own Python (the project's .venv when it exists).
+GPU_PY    ?= $(shell test -x $(VPY) && echo $(VPY) || echo $(PY))
+gpu-check:
+	$(GPU_PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
+
+# The demo's cost-accuracy frontier (rules/sweeps/demo-frontier.yaml; ~2 h on 2 cores).
+frontier: $(STAMP)
+	test -f $(DEMO_OUT)/manifest.json || \
+	  $(VPY) write_dataset.py --demo fashion-mnist --out-dir $(DEMO_OUT) $(DEMO_FLAGS) --num-workers 2
+	$(VPY) run.py --sweep rules/sweeps/demo-frontier.yaml
+	$(VPY) -m ffcv_bt.reporting.frontier
 
 results: $(STAMP)
 	$(VPY) -m ffcv_bt.reporting.tables

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -231,6 +232,8 @@ def step_benchmark(plan: Plan, device: torch.device, compile_deadline: float = m
     from ffcv_bt.method.model import BarlowTwins
 
     torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as training sets it (fixed shapes per resolution)
     model = BarlowTwins(plan.arch, plan.projector, width=plan.width).to(device)
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     records: list[dict[str, Any]] = []
@@ -406,7 +409,7 @@ def ddp_worker(config: dict[str, Any]) -> None:
 
 def project_step(harness: SimpleNamespace, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
     """The project's own pretraining step (ffcv_bt.train.pretrain.barlow_step) on the harness."""
-    from ffcv_bt.train.pretrain import barlow_step
+    from ffcv_bt.train.step import barlow_step
 
     return barlow_step(harness.ddp_model, harness.optimizer, harness.scaler, harness.amp_dtype,
                        harness.recipe["loss"], view1, view2)
@@ -427,16 +430,22 @@ def torchrun_check(plan: Plan, best: dict[str, Any], beton: Path, work: Path) ->
         env["CUDA_VISIBLE_DEVICES"] = ""
     start = time.perf_counter()
     shown = " ".join(cmd[:5] + ["--ddp-worker", "<config>"])
+    # torchrun and its workers in a process group of their own: on timeout the whole group
+    # is killed, so no worker keeps holding a GPU after the check has moved on
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired as exc:
-        tail = (exc.stderr or b"")[-3000:]
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
         return {"command": shown, "returncode": None,
-                "error": f"torchrun did not finish in 300 s: {tail!r}"}
+                "error": f"torchrun did not finish in 300 s (its process group was killed): "
+                         f"{(stderr or '')[-3000:]}"}
     out: dict[str, Any] = {"command": shown, "returncode": proc.returncode,
                            "wall_seconds": time.perf_counter() - start}
     if proc.returncode != 0 or not result.is_file():
-        out["error"] = (proc.stderr or proc.stdout)[-3000:]
+        out["error"] = (stderr or stdout)[-3000:]
         return out
     out.update(json.loads(result.read_text()))
     return out
@@ -647,6 +656,97 @@ def linear_probe_check(plan: Plan, device: torch.device, data_dir: Path, work: P
     return record
 
 
+# ----- torch-only phases (no ffcv needed) ------------------------------------------------------
+def ffcv_status() -> tuple[bool, str]:
+    """Whether the loader phases can run: ffcv and fastargs import (else why not)."""
+    try:
+        import fastargs  # noqa: F401
+        import ffcv  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import failure means: skip the loader phases
+        return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    return True, ""
+
+
+def torch_checkpoint_check(plan: Plan, device: torch.device, work: Path) -> dict[str, Any]:
+    """A checkpoint written and resumed on the device without the loader: run A steps k
+    times, saves model + LARS state with the project's checkpoint writer, steps k more;
+    run B loads that file into a fresh model and optimizer and steps the same k. Losses and
+    weights must match (exactly on a CPU, within AMP tolerance on a GPU)."""
+    from ffcv_bt.method.model import BarlowTwins
+    from ffcv_bt.stage.checkpoints import load_checkpoint, save_checkpoint
+
+    arch, width, projector = plan.ckpt_model
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    x1, x2 = repeated_batch(plan.ckpt_batch, plan.ckpt_res, device)
+
+    def fresh() -> tuple[torch.nn.Module, SimpleNamespace]:
+        torch.manual_seed(0)
+        model = BarlowTwins(arch, projector, width=width).to(device)
+        return model, step_harness(model, model, device, precision, plan.ckpt_batch)
+
+    model_a, a = fresh()
+    for _ in range(plan.ckpt_steps):
+        project_step(a, x1, x2)
+    path = work / "torch-resume" / "checkpoint.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"model": model_a.state_dict(), "optimizer": a.optimizer.state_dict()})
+    uninterrupted = [float(project_step(a, x1, x2)) for _ in range(plan.ckpt_steps)]
+    model_b, b = fresh()
+    state = load_checkpoint(path)
+    model_b.load_state_dict(state["model"])
+    b.optimizer.load_state_dict(state["optimizer"])
+    resumed = [float(project_step(b, x1, x2)) for _ in range(plan.ckpt_steps)]
+    weight_diff = max(float((pa.detach() - pb.detach()).abs().max())
+                      for pa, pb in zip(model_a.parameters(), model_b.parameters()))
+    rel = max(abs(u - r) / max(abs(u), 1e-12) for u, r in zip(uninterrupted, resumed))
+    exact = device.type == "cpu"
+    record = {"precision": precision, "losses_uninterrupted": uninterrupted,
+              "losses_resumed": resumed, "max_relative_difference": rel,
+              "max_weight_difference": weight_diff, "tolerance": 0.0 if exact else 2e-2,
+              "ok": rel <= (0.0 if exact else 2e-2) and (weight_diff == 0.0 or not exact)}
+    print(f"  torch-only resume: max rel. loss difference {rel:.2e}, max weight difference "
+          f"{weight_diff:.2e} ({'ok' if record['ok'] else 'MISMATCH'})", flush=True)
+    return record
+
+
+def frozen_forward_check(plan: Plan, device: torch.device) -> dict[str, Any]:
+    """The frozen evaluation forward of the benchmark backbone (eval mode): images/s in true
+    fp32 (TF32 off, as the reference), and the bf16 features' difference to fp32."""
+    from ffcv_bt.method.model import BarlowTwins
+
+    res = plan.eval_overrides.get("linear.res", 224)
+    batch = plan.ckpt_batch if device.type == "cpu" else 256
+    torch.manual_seed(0)
+    backbone = BarlowTwins(plan.arch, plan.projector, width=plan.width).backbone.to(device).eval()
+    x = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(1)).to(device)
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        with torch.no_grad():
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            f32 = backbone(x).float()
+            sync(device)
+            start, passes = time.perf_counter(), 3
+            for _ in range(passes):
+                backbone(x)
+            sync(device)
+            seconds = time.perf_counter() - start
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                bf16 = backbone(x).float()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    diff = (bf16 - f32).abs()
+    big = f32.abs() >= 0.01 * f32.abs().max()
+    record = {"res": res, "batch": batch, "fp32_images_per_s": batch * passes / seconds,
+              "features_max_abs_diff_over_max_abs": float(diff.max() / f32.abs().max()),
+              "features_max_relative_diff": float((diff[big] / f32.abs()[big]).max()),
+              "features_compared": int(big.sum())}
+    record["ok"] = bool(math.isfinite(record["fp32_images_per_s"])
+                        and record["features_max_abs_diff_over_max_abs"] < 0.1)
+    print(f"  frozen forward fp32: {record['fp32_images_per_s']:,.0f} images/s at {res} px; bf16 vs "
+          f"fp32 max |diff| / max |f| = {record['features_max_abs_diff_over_max_abs']:.2e}", flush=True)
+    return record
+
+
 # ----- f. report ------------------------------------------------------------------------------
 def device_info(device: torch.device) -> dict[str, Any]:
     from ffcv_bt.reporting.accounting import device_description
@@ -661,32 +761,39 @@ def device_info(device: torch.device) -> dict[str, Any]:
 
 
 def build_profile(plan: Plan, device: torch.device, argv: list[str], steps: list[dict],
-                  loader_rates: dict[int, float], workers: int, checks: dict[str, Any],
-                  eval_rate: float) -> dict[str, Any]:
-    gpu_aug = checks["device_augment"]["workers_pairs_per_s"]
+                  loader_rates: dict[int, float] | None, workers: int | None,
+                  checks: dict[str, Any], eval_rate: float | None) -> dict[str, Any]:
+    """The device file's content from what has been measured so far (``loader`` null while
+    the loader is unmeasured or skipped)."""
     from ffcv_bt.reporting import device_profile
 
+    # The estimate uses what training runs: eager (train.compile is off by default and always
+    # off under DDP), cudnn.benchmark on; the compiled rate is kept beside it.
     pretrain = {}
     for res in plan.resolutions:
-        best = best_of([r for r in steps if r["res"] == res])
-        if best is not None:
-            eager = best_of([r for r in steps if r["res"] == res and not r["compile"]])
-            pretrain[str(res)] = {k: best[k] for k in ("images_per_s", "precision",
-                                                       "channels_last", "compile",
-                                                       "peak_memory_gib")}
-            pretrain[str(res)]["eager_images_per_s"] = eager["images_per_s"] if eager else None
+        eager = best_of([r for r in steps if r["res"] == res and not r["compile"]])
+        compiled = best_of([r for r in steps if r["res"] == res and r["compile"]])
+        if eager is not None:
+            pretrain[str(res)] = {k: eager[k] for k in ("images_per_s", "precision",
+                                                        "channels_last", "compile",
+                                                        "peak_memory_gib")}
+            pretrain[str(res)]["compiled_images_per_s"] = compiled["images_per_s"] if compiled else None
     profile = {
         "format": device_profile.FORMAT, **device_info(device),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "command": " ".join(["python -m bench.gpu_check", *argv]),
         "model": {"arch": plan.arch, "width": plan.width, "projector": plan.projector,
                   "batch_per_device": plan.batch},
-        "pretrain": pretrain, "eval_images_per_s": eval_rate,
-        "loader": {"cores": workers, "pairs_per_s": {str(r): v for r, v in loader_rates.items()},
-                   "pairs_per_s_per_core": {str(r): v / workers for r, v in loader_rates.items()},
-                   "gpu_aug_pairs_per_s_per_core": {r: v / workers for r, v in gpu_aug.items()}},
-        "checks": checks,
+        "pretrain": pretrain, "eval_images_per_s": eval_rate or math.nan,
+        "loader": None, "partial": checks.get("partial", True), "checks": checks,
     }
+    if loader_rates and workers:
+        gpu_aug = checks.get("device_augment", {}).get("workers_pairs_per_s", {})
+        profile["loader"] = {
+            "cores": workers, "pairs_per_s": {str(r): v for r, v in loader_rates.items()},
+            "pairs_per_s_per_core": {str(r): v / workers for r, v in loader_rates.items()},
+            **({"gpu_aug_pairs_per_s_per_core": {r: v / workers for r, v in gpu_aug.items()}}
+               if gpu_aug else {})}
     return profile
 
 
@@ -708,14 +815,17 @@ def print_table(profile: dict[str, Any], steps: list[dict]) -> None:
         print(f"{r['res']:>5} {r['precision']:>9} {fmt:>13} {str(r['compile']):>7} "
               f"{r['images_per_s']:>10,.1f} {mem:>8} {r['losses'][0]:>10.4g}->{r['losses'][-1]:<10.4g} "
               f"{str(r['falling']):>7}")
-    print(f"\n{'res':>5} {'best images/s':>14} {'loader pairs/s':>15} {'per core':>9} "
-          f"{'loader cores/GPU':>17}")
-    for res, entry in profile["pretrain"].items():
-        loader = profile["loader"]
-        print(f"{res:>5} {entry['images_per_s']:>14,.1f} {loader['pairs_per_s'][res]:>15,.0f} "
-              f"{loader['pairs_per_s_per_core'][res]:>9,.1f} "
-              f"{device_profile.loader_cores_needed(profile, int(res)):>17.2f}")
+    loader = profile["loader"]
     checks = profile["checks"]
+    if loader is None:
+        print(f"\nloader: not measured ({checks.get('loader_phases')})")
+    else:
+        print(f"\n{'res':>5} {'best images/s':>14} {'loader pairs/s':>15} {'per core':>9} "
+              f"{'loader cores/GPU':>17}")
+        for res, entry in profile["pretrain"].items():
+            print(f"{res:>5} {entry['images_per_s']:>14,.1f} {loader['pairs_per_s'][res]:>15,.0f} "
+                  f"{loader['pairs_per_s_per_core'][res]:>9,.1f} "
+                  f"{device_profile.loader_cores_needed(profile, int(res)):>17.2f}")
     ddp = checks["torchrun"]
     if "error" in ddp:
         print(f"\ntorchrun: FAILED (exit {ddp['returncode']}):\n{ddp['error']}")
@@ -733,6 +843,18 @@ def print_table(profile: dict[str, Any], steps: list[dict]) -> None:
             print(f"  nvidia-smi: pid {row['pid']} on GPU {row['gpu']}: {row['used_mib']} MiB")
         if procs.get("note") or procs.get("error"):
             print(f"  nvidia-smi: {procs.get('note') or procs.get('error')}")
+    if not ddp.get("cross_rank_paths_exercised", True):
+        print("  1 rank: SyncBatchNorm and every collective are identities; cross-rank paths "
+              "not exercised")
+    torch_resume = checks["checkpoint_resume_torch"]
+    print(f"checkpoint resume, torch only ({torch_resume['precision']}): max relative loss "
+          f"difference {torch_resume['max_relative_difference']:.2e}: "
+          f"{'ok' if torch_resume['ok'] else 'FAILED'}")
+    frozen = checks["frozen_forward"]
+    print(f"frozen forward fp32: {frozen['fp32_images_per_s']:,.0f} images/s at {frozen['res']} px; "
+          f"bf16 vs fp32 max |diff|/max|f| {frozen['features_max_abs_diff_over_max_abs']:.2e}")
+    if "checkpoint_resume" not in checks:
+        return
     resume = checks["checkpoint_resume"]
     print(f"checkpoint resume ({resume['precision']}): max relative loss difference "
           f"{resume['max_relative_difference']:.2e} (tolerance {resume['tolerance']:g}), max weight "
@@ -748,19 +870,40 @@ def print_table(profile: dict[str, Any], steps: list[dict]) -> None:
           f"{lin['features_max_relative_diff']:.2e}")
 
 
+def cuda_or_explain(asked: str | None) -> torch.device:
+    """The device to measure. Without --device: CUDA when torch sees it; a machine with an
+    NVIDIA driver whose CUDA torch cannot use (driver too old for torch's CUDA build) is an
+    error naming both, not a silent hours-long CPU run."""
+    if asked == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    from ffcv_bt.distributed.process_group import nvidia_driver_version
+
+    driver = nvidia_driver_version()
+    if asked == "cuda" or driver:
+        raise SystemExit(f"error: torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'}) "
+                         f"sees no usable CUDA device; NVIDIA driver: {driver or 'not found'}. "
+                         f"Install a torch build for this driver, or pass --device cpu")
+    return torch.device("cpu")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None,
-                        help="default: cuda when available")
+                        help="default: cuda when available (an unusable NVIDIA driver is an error)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny model and data: the same code paths in ~1-2 minutes")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for <slug>.json (default: results/devices on a GPU, a "
-                             "temporary folder on a CPU)")
-    parser.add_argument("--images", type=int, default=3000, help="training JPEGs to generate")
+                             "temporary folder on a CPU); the file is rewritten after every "
+                             "phase, marked partial until the last")
+    parser.add_argument("--images", type=int, default=3000, help="training JPEGs to generate "
+                        "(scaled with the torchrun ranks for the with-loader rate)")
     parser.add_argument("--batch", type=int, default=256, help="per-device batch (full mode)")
     parser.add_argument("--batch-override", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--ddp-nproc", type=int, default=1, help="torchrun processes (GPUs) for b")
+    parser.add_argument("--ddp-nproc", type=int, default=0,
+                        help="torchrun processes for b (default: this node's GPU count, 1 on a CPU)")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--ddp-worker", default=None, help=argparse.SUPPRESS)
@@ -768,68 +911,106 @@ def main(argv: list[str]) -> int:
     if args.ddp_worker is not None:
         ddp_worker(json.loads(args.ddp_worker))
         return 0
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
-        return 2
+    device = cuda_or_explain(args.device)
+    args.device = device.type
+    if args.ddp_nproc <= 0:
+        args.ddp_nproc = max(1, torch.cuda.device_count()) if device.type == "cuda" else 1
+    args.images = args.images * max(1, args.ddp_nproc)
     plan = make_plan(args)
-    device = torch.device("cuda", 0) if args.device == "cuda" else torch.device("cpu")
+    plan.resolutions = sorted(plan.resolutions, reverse=True)  # most valuable first: 224, 192, 160
     started = time.perf_counter()
+    loader_ok, loader_why = ffcv_status()
+    from ffcv_bt.reporting import device_profile
 
     def phase(name: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {name}", flush=True)
 
+    folder = args.out or (device_profile.DEVICES_DIR if device.type == "cuda"
+                          else Path(tempfile.mkdtemp(prefix="ffcv-bt-device-")))
+    checks: dict[str, Any] = {"ok": False, "partial": True, "steps": [],
+                              "images": {"train": plan.train_images, "val": plan.val_images},
+                              "plan": asdict(plan),
+                              "loader_phases": "run" if loader_ok else f"skipped: {loader_why}"}
+    measured: dict[str, Any] = {"loader_rates": None, "workers": None, "eval_rate": None}
+
+    def save() -> Path:
+        """The device file as far as measured (``partial`` until the end); before it holds
+        every rate a device file needs, the figures go to <slug>.partial.json instead."""
+        checks["elapsed_seconds"] = time.perf_counter() - started
+        profile = build_profile(plan, device, argv, checks["steps"], measured["loader_rates"],
+                                measured["workers"], checks, measured["eval_rate"])
+        path = device_profile.device_file(profile["device"], folder)
+        try:
+            return device_profile.write(path, profile)
+        except ValueError:
+            partial = path.with_suffix(".partial.json")
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(profile, indent=2, default=str))
+            return partial
+
+    if device.type == "cpu":
+        from ffcv_bt.distributed.process_group import set_cpu_compute_threads
+
+        # cores - 1, as in training: with every core busy (a shared machine), torch's
+        # OpenMP barriers wait on descheduled threads (measured 20x slower on 2 cores)
+        set_cpu_compute_threads()
+    else:
+        torch.cuda.set_device(device)
     work = Path(tempfile.mkdtemp(prefix="ffcv-bt-gpu-check-"))
     try:
-        phase(f"writing {plan.train_images} + {plan.val_images} JPEGs into {work}")
-        write_images(work / "images", plan)
-        from ffcv_bt.data.write import write_dataset
+        phase("a. pretraining steps (torch only)")
+        checks["steps"] = step_benchmark(plan, device, compile_deadline=started + 240)
+        save()
+        phase("d. checkpoint written and resumed on the device (torch only)")
+        checks["checkpoint_resume_torch"] = torch_checkpoint_check(plan, device, work)
+        phase("e. frozen evaluation forward, fp32 vs bf16 (torch only)")
+        checks["frozen_forward"] = frozen_forward_check(plan, device)
+        measured["eval_rate"] = checks["frozen_forward"]["fp32_images_per_s"]
+        save()
+        best = best_of([r for r in checks["steps"] if r["res"] == max(plan.resolutions)])
+        beton = work / "data" / "train.beton"
+        if loader_ok:
+            phase(f"writing {plan.train_images} + {plan.val_images} JPEGs into {work}")
+            write_images(work / "images", plan)
+            from ffcv_bt.data.write import write_dataset
 
-        write_dataset(work / "images", work / "data", num_workers=plan.cores)
-        from ffcv_bt.distributed.process_group import set_cpu_compute_threads
-        from ffcv_bt.reporting import device_profile
-        from ffcv_bt.train.pretrain import Pretrainer  # noqa: F401 - imports ffcv (sets threads)
-
-        if device.type == "cpu":
-            # cores - 1, as in training: with every core busy (a shared machine), torch's
-            # OpenMP barriers wait on descheduled threads (measured 20x slower on 2 cores)
-            set_cpu_compute_threads()
+            write_dataset(work / "images", work / "data", num_workers=plan.cores)
         else:
-            torch.cuda.set_device(device)
-        phase("a. pretraining steps")
-        steps = step_benchmark(plan, device, compile_deadline=started + 240)
-        best = best_of([r for r in steps if r["res"] == max(plan.resolutions)])
-        phase("b. torchrun")
-        ddp = (torchrun_check(plan, best, work / "data" / "train.beton", work) if best
-               else {"error": "no working step setting", "returncode": None})
-        phase("d. checkpoint and resume")
-        resume, loader = checkpoint_check(plan, device, work / "data", work)
-        phase("c. loader")
-        loader_rates = loader_benchmark(loader, plan.resolutions, plan.loader_min_seconds)
-        workers = loader_workers(loader)
-        del loader
-        augment = device_augment_check(work / "data" / "train.beton", device, plan.resolutions,
-                                       plan.ckpt_batch, workers, plan.loader_min_seconds)
-        phase("e. linear probe")
-        linear = linear_probe_check(plan, device, work / "data", work)
-        bests = [best_of([r for r in steps if r["res"] == res]) for res in plan.resolutions]
-        ok = (all(b is not None and b["falling"] for b in bests)
-              and "error" not in ddp and ddp.get("finite", False) and resume["ok"] and linear["ok"]
-              and augment["ok"])
-        checks = {"ok": ok, "elapsed_seconds": time.perf_counter() - started, "steps": steps,
-                  "torchrun": ddp, "checkpoint_resume": resume, "linear_probe": linear,
-                  "device_augment": augment,
-                  "images": {"train": plan.train_images, "val": plan.val_images},
-                  "plan": asdict(plan)}
-        profile = build_profile(plan, device, argv, steps, loader_rates, workers, checks,
-                                linear["images_per_s"])
-        print_table(profile, steps)
-        folder = args.out or (device_profile.DEVICES_DIR if device.type == "cuda"
-                              else Path(tempfile.mkdtemp(prefix="ffcv-bt-device-")))
-        path = device_profile.write(device_profile.device_file(profile["device"], folder), profile)
-        phase(f"device file {path} ({'all checks passed' if ok else 'SOME CHECKS FAILED'})")
-        return 0 if ok else 1
+            print(f"  loader phases skipped (ffcv not importable: {loader_why})", flush=True)
+            plan.ddp_loader_steps = 0
+        phase("b. torchrun" + ("" if plan.ddp_nproc > 1 else
+                               " (1 rank: cross-rank paths not exercised)"))
+        checks["torchrun"] = (torchrun_check(plan, best, beton, work) if best
+                              else {"error": "no working step setting", "returncode": None})
+        checks["torchrun"]["cross_rank_paths_exercised"] = plan.ddp_nproc > 1
+        save()
+        if loader_ok:
+            phase("d. checkpoint and resume (Pretrainer with the FFCV loader)")
+            checks["checkpoint_resume"], loader = checkpoint_check(plan, device, work / "data", work)
+            phase("c. loader")
+            measured["loader_rates"] = loader_benchmark(loader, plan.resolutions, plan.loader_min_seconds)
+            measured["workers"] = loader_workers(loader)
+            del loader
+            checks["device_augment"] = device_augment_check(
+                beton, device, plan.resolutions, plan.ckpt_batch, measured["workers"],
+                plan.loader_min_seconds)
+            save()
+            phase("e. linear probe (FFCV loader)")
+            checks["linear_probe"] = linear_probe_check(plan, device, work / "data", work)
+            measured["eval_rate"] = checks["linear_probe"]["images_per_s"]
+        bests = [best_of([r for r in checks["steps"] if r["res"] == res]) for res in plan.resolutions]
+        parts = [checks.get(k, {"ok": True}) for k in ("checkpoint_resume", "device_augment",
+                                                      "linear_probe")]
+        ddp = checks["torchrun"]
+        checks["ok"] = bool(all(b is not None and b["falling"] for b in bests)
+                            and "error" not in ddp and ddp.get("finite", False)
+                            and checks["checkpoint_resume_torch"]["ok"]
+                            and checks["frozen_forward"]["ok"] and all(p["ok"] for p in parts))
+        checks["partial"] = False
+        path = save()
+        print_table(device_profile.load(path), checks["steps"])
+        phase(f"device file {path} ({'all checks passed' if checks['ok'] else 'SOME CHECKS FAILED'})")
+        return 0 if checks["ok"] else 1
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -71,7 +71,7 @@ class PerParameterLARS(torch.optim.Optimizer):
 
 def build(args: argparse.Namespace, device: torch.device, reference: bool) -> Callable[[], object]:
     """A closure running one training step of ours or of the reference style."""
-    from ffcv_bt.train.pretrain import barlow_step
+    from ffcv_bt.train.step import barlow_step
 
     torch.manual_seed(0)
     model = BarlowTwins(args.arch, args.projector, width=args.width,

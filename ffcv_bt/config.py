@@ -24,9 +24,9 @@ from fastargs import Param
 
 from ffcv_bt.errors import ConfigError
 from ffcv_bt.params import ALL_STAGES, DECLARED, PROTOCOL_SECTIONS, RUN_CONTROL_SECTIONS
+from ffcv_bt.paths import REPO_ROOT, RULES_DIR  # noqa: F401 - re-exported
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RULES_DIR = REPO_ROOT / "rules"
+
 @dataclass
 class Recipe:
     """A resolved configuration: every parameter of every section, plus its provenance."""

@@ -83,3 +83,27 @@ def test_learning_rate_each_group_held_at_every_epoch(protocol, tiny_dataset, tm
             cosine = base[role] * 0.5 * (1 + math.cos(math.pi * epoch / 3))
             assert lr == pytest.approx(cosine, rel=1e-12), (epoch, role)
             assert (weight_decay, momentum) == (p["weight_decay"], p["momentum"])
+
+
+@pytest.mark.timeout(300)
+def test_non_finite_evaluation_loss_stops_the_stage(tiny_dataset, tmp_path, monkeypatch) -> None:
+    """Read once per epoch (no host sync per step) and combined over ranks before raising."""
+    import torch
+
+    from ffcv_bt.errors import NonFiniteLoss
+
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_dataset), {"eval.protocol": "smoke"})
+    evaluation = Evaluation(recipe, "linear", "random", tmp_path / "eval", DistInfo())
+    calls = []
+    forward = torch.nn.CrossEntropyLoss.forward
+
+    def nan_on_second_batch(self, logits, labels):
+        calls.append(1)
+        loss = forward(self, logits, labels)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", nan_on_second_batch)
+    with pytest.raises(NonFiniteLoss, match="linear: non-finite loss at epoch 0"):
+        evaluation.run()
+    assert len(calls) == len(evaluation.train_loader)  # the epoch ran to its end first
+    assert not (tmp_path / "eval" / "checkpoint.pt").exists()

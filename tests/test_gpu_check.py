@@ -93,3 +93,58 @@ def test_device_augment_check(quick_run: tuple[dict, str]) -> None:
     assert augment["ok"] and augment["max_level_difference_to_numba_path"] == 0.0
     assert set(augment["device_ms_per_pair"]) == set(augment["workers_pairs_per_s"]) == {"16", "32"}
     assert all(ms > 0 for ms in augment["device_ms_per_pair"].values())
+
+
+MISSING_ON_GPU_NODES = ("ffcv", "fastargs", "submitit", "terminaltables", "assertpy",
+                        "pytorch_pfn_extras")
+
+
+@pytest.mark.timeout(600)
+def test_bare_node_runs_the_torch_phases_and_skips_the_loader(tmp_path: Path) -> None:
+    """As on a GPU node without ffcv, fastargs, submitit, ...: each of them shadowed by a
+    package that fails to import. bench/gpu_node.sh runs the torch-only phases, says why
+    the loader phases were skipped, and leaves a complete device file without a loader."""
+    shadow = tmp_path / "shadow"
+    for name in MISSING_ON_GPU_NODES:
+        (shadow / name).mkdir(parents=True)
+        (shadow / name / "__init__.py").write_text(f"raise ImportError('no {name} on this node')\n")
+    out = tmp_path / "out"
+    env = {**ENV, "PYTHONPATH": f"{shadow}{os.pathsep}{REPO}", "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_node.sh"), str(out), "--minutes", "8",
+                           "--device", "cpu", "--quick"], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=560)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "loader phases skipped (ffcv not importable: ImportError: no fastargs" in proc.stdout \
+        or "loader phases skipped (ffcv not importable: ImportError: no ffcv" in proc.stdout
+    assert "cross-rank paths not exercised" in proc.stdout
+    files = [f for f in out.glob("*.json") if not f.name.endswith(".partial.json")]
+    assert len(files) == 1
+    profile = device_profile.load(files[0])
+    assert profile["loader"] is None and profile["partial"] is False and profile["checks"]["ok"]
+    checks = profile["checks"]
+    assert checks["loader_phases"].startswith("skipped: ImportError")
+    assert [r["res"] for r in checks["steps"]][:1] == [32]  # the largest resolution first
+    resume = checks["checkpoint_resume_torch"]
+    assert resume["losses_uninterrupted"] == resume["losses_resumed"]  # exact on a CPU
+    assert len(set(resume["losses_uninterrupted"])) == len(resume["losses_uninterrupted"])
+    assert profile["eval_images_per_s"] == checks["frozen_forward"]["fp32_images_per_s"] > 0
+    assert (out / "gpu_check.log").read_text().count("a. pretraining steps") == 1
+
+
+def test_a_driver_torch_cannot_use_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from ffcv_bt.distributed import process_group
+    from ffcv_bt.errors import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(process_group, "nvidia_driver_version",
+                        lambda: "NVRM version: NVIDIA UNIX x86_64 Kernel Module  470.82.01")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(ConfigError, match=r"CUDA build .*470\.82\.01"):
+        process_group.check_cuda_usable()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the CPU asked for
+    process_group.check_cuda_usable()
+    monkeypatch.setattr(process_group, "nvidia_driver_version", lambda: None)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    process_group.check_cuda_usable()  # no NVIDIA driver at all: a CPU machine

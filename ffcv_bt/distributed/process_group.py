@@ -12,10 +12,13 @@ import contextlib
 import os
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch.distributed as dist
+
+from ffcv_bt.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -62,13 +65,37 @@ def environment_ranks(env: dict[str, str] | None = None) -> tuple[int, int, int]
     return 0, 1, 0
 
 
+def nvidia_driver_version() -> str | None:
+    """The NVIDIA kernel driver's version line when one is loaded (Linux), else None."""
+    path = Path("/proc/driver/nvidia/version")
+    try:
+        return path.read_text().splitlines()[0].strip() if path.is_file() else None
+    except (OSError, IndexError):
+        return None
+
+
+def check_cuda_usable() -> None:
+    """A node with an NVIDIA driver whose GPUs torch cannot use (a driver older than torch's
+    CUDA build) must not train on the CPU for hours unnoticed: ConfigError naming both, unless
+    the CPU was asked for (``CUDA_VISIBLE_DEVICES=""``)."""
+    if torch.cuda.is_available() or os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return
+    driver = nvidia_driver_version()
+    if driver:
+        raise ConfigError(f"torch {torch.__version__} (CUDA build {torch.version.cuda or 'none'}) "
+                          f"cannot use this node's GPUs; NVIDIA driver: {driver}. Install a torch "
+                          f"build for this driver, or run on the CPU with CUDA_VISIBLE_DEVICES=\"\"")
+
+
 def setup(backend: str = "auto") -> DistInfo:
     """Initialise torch.distributed when the environment asks for more than one process.
 
     Picks the device (cuda:LOCAL_RANK when CUDA is available, else cpu) and the backend
-    (nccl on CUDA, gloo on CPU) unless ``backend`` names one.
+    (nccl on CUDA, gloo on CPU) unless ``backend`` names one; refuses a node whose NVIDIA
+    driver torch cannot use (check_cuda_usable).
     """
     rank, world_size, local_rank = environment_ranks()
+    check_cuda_usable()
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         device = torch.device("cuda", torch.cuda.current_device())

@@ -9,7 +9,6 @@ or counted twice at a partial last batch.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -233,7 +232,11 @@ class Evaluation:
         if self.frozen:
             self.model.backbone.eval()  # BN statistics never move
         criterion = nn.CrossEntropyLoss()
-        total, count = 0.0, 0
+        # losses stay on the device (no host sync per step); the epoch's non-finite flag is
+        # combined over ranks before anyone raises, so no rank is left waiting in a collective
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        bad = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = 0
         bar = tqdm(self.train_loader, disable=not self.dist.is_main, leave=False,
                    desc=f"{s.protocol} epoch {self.epoch + 1}/{s.epochs}")
         for images, labels in bar:
@@ -249,12 +252,10 @@ class Evaluation:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise NonFiniteLoss(f"{s.protocol}: non-finite loss at epoch {self.epoch}; lower "
-                                    f"the protocol's learning rate")
-            total, count = total + value * labels.shape[0], count + labels.shape[0]
-            bar.set_postfix(loss=f"{value:.4g}")
+            detached = loss.detach().double()
+            bad += (~torch.isfinite(detached)).double()
+            total += torch.nan_to_num(detached, nan=0.0, posinf=0.0, neginf=0.0) * labels.shape[0]
+            count += labels.shape[0]
             stop = self.stop.agreed()
             if stop:
                 # The epoch's partial work is dropped: the checkpoint of its start is on disk,
@@ -263,7 +264,10 @@ class Evaluation:
                 self.stop.hand_over()
                 raise Preempted(f"signal {stop} during {s.protocol} epoch {self.epoch}: "
                                 f"resumes from {self.ckpt_path} (epoch {self.epoch})")
-        return total / max(count, 1)
+        if float(sum_over_ranks_(bad)) > 0:  # every rank takes this branch together
+            raise NonFiniteLoss(f"{s.protocol}: non-finite loss at epoch {self.epoch}; lower "
+                                f"the protocol's learning rate")
+        return float(total) / max(count, 1)
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ffcv_bt.atomic_files import atomic_write_json
-from ffcv_bt.config import REPO_ROOT
+from ffcv_bt.paths import REPO_ROOT
 
 FORMAT = "ffcv-bt-device/1"
 DEVICES_DIR = REPO_ROOT / "results" / "devices"
@@ -105,8 +105,11 @@ def validate(profile: Any, source: str = "device file") -> dict[str, Any]:
             raise _fail(source, f"pretrain.{res}.precision", "must be bf16, fp16 or fp32")
     _positive(source, "eval_images_per_s", profile.get("eval_images_per_s"))
     loader = profile.get("loader")
+    if loader is None:  # measured without ffcv (gpu_check's torch-only phases)
+        return profile
     if not isinstance(loader, dict):
-        raise _fail(source, "loader", "must be a mapping (cores, pairs_per_s, pairs_per_s_per_core)")
+        raise _fail(source, "loader", "must be a mapping (cores, pairs_per_s, pairs_per_s_per_core) "
+                    "or null (not measured)")
     if isinstance(loader.get("cores"), bool) or not isinstance(loader.get("cores"), int) \
             or loader["cores"] < 1:
         raise _fail(source, "loader.cores", f"must be a positive integer, got {loader.get('cores')!r}")

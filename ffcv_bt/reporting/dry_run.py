@@ -199,6 +199,9 @@ def loader_lines(recipe: Recipe, tp: Throughput, cores: int | None = None,
     if tp.profile is None:
         return ["loader cores per GPU: unknown without a device file (python -m bench.gpu_check "
                 "measures the loader's pairs/s per core)"]
+    if tp.profile.get("loader") is None:
+        return ["loader cores per GPU: unknown (the device file was measured without ffcv: "
+                "run python -m bench.gpu_check where ffcv imports)"]
     cores = len(os.sched_getaffinity(0)) if cores is None else cores
     gpus = _gpus_here(recipe) if gpus is None else gpus
     per_gpu = cores / gpus

@@ -33,13 +33,13 @@ from ffcv_bt.distributed.process_group import DistInfo
 from ffcv_bt.errors import NonFiniteLoss, Preempted
 from ffcv_bt.method.lars import LARS, param_groups_for_lars, set_learning_rates
 from ffcv_bt.method.model import BarlowTwins, convert_sync_batchnorm
-from ffcv_bt.method.objective import barlow_twins_loss
 from ffcv_bt.method.schedules import lr_at, resolution_of_recipe
 from ffcv_bt.reporting.accounting import StageClock, device_description
 from ffcv_bt.stage.checkpoints import load_checkpoint, save_checkpoint, to_cpu
 from ffcv_bt.stage.mixed_precision import autocast_dtype
 from ffcv_bt.stage.skeleton import append_log, per_rank_batch, run_stage, set_stage_threads
 from ffcv_bt.train.monitor import TrainingMonitor
+from ffcv_bt.train.step import barlow_step
 
 
 def seed_everything(seed: int) -> None:
@@ -53,30 +53,6 @@ def build_model(recipe: Recipe) -> BarlowTwins:
     m = recipe["model"]
     return BarlowTwins(m["arch"], m["projector"], width=m["width"], small_stem=m["small_stem"],
                        zero_init_residual=m["zero_init_residual"])
-
-
-def barlow_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler | None, amp_dtype: torch.dtype | None,
-                loss_cfg: dict[str, Any], view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
-    """Forward both views (under autocast when ``amp_dtype``), the objective in float32,
-    backward (scaled when ``scaler``), LARS step; the detached loss stays on the device.
-
-    The whole pretraining step, as a function so the benchmarks time exactly this code.
-    """
-    device_type = view1.device.type
-    with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        z1, z2 = model(view1, view2)
-    loss = barlow_twins_loss(z1.float(), z2.float(), lambd=loss_cfg["lambd"],
-                             scale_loss=loss_cfg["scale_loss"], formulation=loss_cfg["formulation"])
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return loss.detach()
 
 
 class Pretrainer:
