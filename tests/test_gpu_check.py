@@ -31,6 +31,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     return device_profile.load(files[0]), proc.stdout
 
 
+@pytest.mark.slow  # the full check with ffcv; the default suite runs the bare-node one
 @pytest.mark.timeout(450)
 def test_device_file_content(quick_run: tuple[dict, str]) -> None:
     profile, stdout = quick_run
@@ -57,6 +58,7 @@ def test_device_file_content(quick_run: tuple[dict, str]) -> None:
     assert "loader cores/GPU" in stdout and "checkpoint resume (fp32)" in stdout
 
 
+@pytest.mark.slow  # the full check with ffcv; the default suite runs the bare-node one
 @pytest.mark.timeout(450)
 def test_resume_compared_real_losses(quick_run: tuple[dict, str]) -> None:
     resume = quick_run[0]["checks"]["checkpoint_resume"]
@@ -69,6 +71,7 @@ def test_resume_compared_real_losses(quick_run: tuple[dict, str]) -> None:
     assert len(resume["epoch0_losses"]) == 3
 
 
+@pytest.mark.slow  # the full check with ffcv; the default suite runs the bare-node one
 @pytest.mark.timeout(450)
 def test_torchrun_and_linear_probe(quick_run: tuple[dict, str]) -> None:
     checks = quick_run[0]["checks"]
@@ -85,6 +88,7 @@ def test_torchrun_and_linear_probe(quick_run: tuple[dict, str]) -> None:
     assert 0.0 < lin["features_max_abs_diff_over_max_abs"] < 0.05
 
 
+@pytest.mark.slow  # the full check with ffcv; the default suite runs the bare-node one
 @pytest.mark.timeout(450)
 def test_device_augment_check(quick_run: tuple[dict, str]) -> None:
     """aug.device gpu, run on the CPU in quick mode: the same views as the numba loader

@@ -67,6 +67,7 @@ def _assert_same_backbone(first: Path, second: Path) -> dict[str, torch.Tensor]:
     return a
 
 
+@pytest.mark.slow  # the default suite: tests/test_schedule_in_loop.py (resume in process)
 @pytest.mark.timeout(900)
 def test_preempted_mid_epoch_resumes_to_the_uninterrupted_weights(tiny_dataset: Path,
                                                                  tmp_path: Path) -> None:

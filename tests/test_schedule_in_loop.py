@@ -74,23 +74,54 @@ def check_against_schedule(seen: list[dict]) -> None:
     assert {expected_resolution(e) for e in range(EPOCHS)} == {8, 12, 16}  # the ramp is exercised
 
 
-@pytest.mark.timeout(600)
-def test_loop_applies_the_schedules_at_every_step(recipe, tmp_path, monkeypatch) -> None:
-    torch.manual_seed(0)
-    seen = record_steps(monkeypatch)
-    pretrain_module.Pretrainer(recipe, tmp_path / "run", DistInfo()).train()
-    check_against_schedule(seen)
+@pytest.mark.timeout(900)
+def test_loop_applies_the_schedules_straight_and_across_a_mid_epoch_resume(
+        recipe, tmp_path, monkeypatch) -> None:
+    """The same schedule at every step in an uninterrupted run and in one stopped mid-epoch
+    (epoch 2, batch 2) and resumed in a new Pretrainer, which ends at the same weights."""
+    straight = record_steps(monkeypatch)
+    pretrain_module.Pretrainer(recipe, tmp_path / "straight", DistInfo()).train()
+    check_against_schedule(straight)
 
-
-@pytest.mark.timeout(600)
-def test_loop_applies_the_schedules_across_a_mid_epoch_resume(recipe, tmp_path, monkeypatch) -> None:
-    stop_at = 2 * STEPS_PER_EPOCH + 2  # epoch 2, batch 2
-    seen = record_steps(monkeypatch, stop_at_step=stop_at)
+    stop_at = 2 * STEPS_PER_EPOCH + 2
+    before = record_steps(monkeypatch, stop_at_step=stop_at)
     with pytest.raises(Preempted):
-        pretrain_module.Pretrainer(recipe, tmp_path / "run", DistInfo()).train()
-    assert seen[-1]["step"] == stop_at
-    first = len(seen)
-    record = record_steps(monkeypatch)
-    pretrain_module.Pretrainer(recipe, tmp_path / "run", DistInfo()).train()
-    assert record[0]["step"] == stop_at + 1 and first == stop_at + 1
-    check_against_schedule(seen + record)
+        pretrain_module.Pretrainer(recipe, tmp_path / "stopped", DistInfo()).train()
+    state = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
+    assert (state["epoch"], state["batch_in_epoch"]) == (2, 3)
+    assert all(t.device.type == "cpu" for t in state["model"].values())
+    after = record_steps(monkeypatch)
+    pretrain_module.Pretrainer(recipe, tmp_path / "stopped", DistInfo()).train()
+    assert before[-1]["step"] == stop_at and after[0]["step"] == stop_at + 1
+    check_against_schedule(before + after)
+    a = torch.load(tmp_path / "straight" / "resnet18.pth", weights_only=True)
+    b = torch.load(tmp_path / "stopped" / "resnet18.pth", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.timeout(600)
+def test_optimizer_and_objective_hold_the_recipe_values(recipe, tmp_path, monkeypatch) -> None:
+    """LARS's weight decay, momentum and eta per group, and the loss's lambd, scale and
+    formulation, as the loop uses them (distinct values, so that a swap shows)."""
+    from ffcv_bt.train import step as step_module
+
+    recipe.values["optim"].update(weight_decay=3e-5, momentum=0.85, eta=0.004)
+    recipe.values["loss"].update(lambd=0.0123, scale_loss=0.37, formulation="cross")
+    trainer = pretrain_module.Pretrainer(recipe, tmp_path / "run", DistInfo())
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert set(groups) == {"weights", "biases"}
+    assert {id(p) for p in groups["weights"]["params"]} == \
+        {id(p) for p in trainer.model.parameters() if p.ndim != 1}
+    for group in groups.values():
+        assert (group["weight_decay"], group["momentum"], group["eta"]) == (3e-5, 0.85, 0.004)
+    seen = []
+    loss_fn = step_module.barlow_twins_loss
+
+    def recording(z1, z2, **kwargs):
+        seen.append(kwargs)
+        return loss_fn(z1, z2, **kwargs)
+
+    monkeypatch.setattr(step_module, "barlow_twins_loss", recording)
+    trainer.recipe.values["optim"]["epochs"] = 1
+    trainer.train()
+    assert seen and all(k == {"lambd": 0.0123, "scale_loss": 0.37, "formulation": "cross"} for k in seen)
