@@ -159,18 +159,19 @@ def test_non_finite_loss_stops_naming_the_step(tiny_dataset: Path, tmp_path: Pat
     """The loss is read only at log intervals (no per-step sync), yet the NaN step is named
     and no checkpoint after it is written, however late it is noticed."""
     import ffcv_bt.train.pretrain as pretrain_module
+    import ffcv_bt.train.step as step_module
     from ffcv_bt.config import load_recipe
     from ffcv_bt.distributed.process_group import DistInfo
 
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_dataset, epochs=3),
                          {"train.log_every": str(log_every)})
-    real_loss, calls = pretrain_module.barlow_twins_loss, []
+    real_loss, calls = step_module.barlow_twins_loss, []
 
     def loss_that_explodes(*args, **kwargs):
         calls.append(1)
         value = real_loss(*args, **kwargs)
         return value * float("nan") if len(calls) == 15 else value  # epoch 1, batch 2
-    monkeypatch.setattr(pretrain_module, "barlow_twins_loss", loss_that_explodes)
+    monkeypatch.setattr(step_module, "barlow_twins_loss", loss_that_explodes)
     out = tmp_path / "nan"
     with pytest.raises(pretrain_module.NonFiniteLoss, match=r"at step 14 \(epoch 1, batch 2\)"):
         pretrain_module.Pretrainer(recipe, out, DistInfo()).train()

@@ -46,6 +46,9 @@ def make_row(**overrides) -> dict:
            "n_devices": 8, "git_sha": "0123abcd", "finished_at": "2025-01-02T03:04:05",
            "run_dir": "results/runs/bt100"}
     row.update(overrides)
+    # epochs at max resolution: the epochs of a fixed-resolution run, 0 without pretraining
+    row.setdefault("pretrain_epoch_equivalents",
+                   float(row["epochs"]) if row["backbone"] == "pretrained" else 0.0)
     return row
 
 
@@ -96,7 +99,7 @@ def test_torn_last_line_does_not_swallow_next_row(tmp_path):
     append_run_row(csv_path, make_row(run_id="after"))
     last = next(csv.reader([csv_path.read_text().splitlines()[-1]]))
     assert last[0] == "after" and len(last) == len(RUNS_COLUMNS)
-    with pytest.raises(ValueError, match=r"runs.csv line 3: 3 fields, expected 19"):
+    with pytest.raises(ValueError, match=rf"runs.csv line 3: 3 fields, expected {len(RUNS_COLUMNS)}"):
         read_runs(csv_path)  # the torn row is reported, not silently dropped
 
 

@@ -138,18 +138,18 @@ def _parse(row: dict, legacy_cells_allowed: bool) -> dict:
     clean["epochs"] = _integer(row, "epochs", 0)
     clean["n_devices"] = _integer(row, "n_devices", 1)
     _parse_dataset_and_seed(row, clean, legacy_cells_allowed)
-    if legacy_cells_allowed and clean["pretrain_epoch_equivalents"] == "":
-        clean["pretrain_epoch_equivalents"] = None
-    else:
-        clean["pretrain_epoch_equivalents"] = _number(row, "pretrain_epoch_equivalents", 0.0)
-        if clean["backbone"] != "pretrained" and clean["pretrain_epoch_equivalents"] != 0:
-            raise RunRowError("pretrain_epoch_equivalents", "no pretraining here, must be 0")
     if clean["backbone"] in ("random", "pixels") and clean["epochs"] != 0:
         raise RunRowError("epochs", f"{clean['epochs']} for backbone {clean['backbone']!r}: "
                                     f"nothing was pretrained, must be 0")
     if clean["backbone"] != "pretrained" and clean["pretrain_gpu_hours"] != 0:
         raise RunRowError("pretrain_gpu_hours", f"{clean['pretrain_gpu_hours']} for backbone "
                           f"{clean['backbone']!r}: no pretraining here, must be 0")
+    if legacy_cells_allowed and clean["pretrain_epoch_equivalents"] == "":
+        clean["pretrain_epoch_equivalents"] = None
+    else:
+        clean["pretrain_epoch_equivalents"] = _number(row, "pretrain_epoch_equivalents", 0.0)
+        if clean["backbone"] != "pretrained" and clean["pretrain_epoch_equivalents"] != 0:
+            raise RunRowError("pretrain_epoch_equivalents", "no pretraining here, must be 0")
     return clean
 
 

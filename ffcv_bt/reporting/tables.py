@@ -20,9 +20,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from ffcv_bt.atomic_files import atomic_write, atomic_write_text
 from ffcv_bt.cli import run_command
+from ffcv_bt.paths import RULES_DIR
 from ffcv_bt.reporting.published import (
     BASELINE_COSTS,
     BASELINE_HARDWARE,
@@ -43,7 +45,9 @@ from ffcv_bt.reporting.runs_csv import (  # noqa: F401 (re-exported)
     relative_run_dir,
 )
 
-PROTOCOL_NAMES = {"knn": "kNN (k=20)", "linear": "linear probe", "semi1": "1% labels",
+# The kNN settings the tables name, read from the standard protocol (stated once there).
+_KNN = yaml.safe_load((RULES_DIR / "protocols" / "standard.yaml").read_text())["knn"]
+PROTOCOL_NAMES = {"knn": f"kNN (k={_KNN['k']})", "linear": "linear probe", "semi1": "1% labels",
                   "semi10": "10% labels"}
 BACKBONE_NAMES = {"pretrained": "pretrained", "external": "external (published checkpoint)",
                   "random": "random init (control)", "pixels": "raw pixels (floor)"}
@@ -301,8 +305,8 @@ def _notes() -> list[str]:
         "are **not V100-hours**. Total = pretraining + the evaluations of that table.",
         "- Backbones: pretrained (ours), external (a published checkpoint evaluated here: no "
         "pretraining cost here), random init (control) and raw pixels as features (floor).",
-        "- kNN: top-1/top-5 of a k=20 nearest-neighbour vote on frozen features, cosine "
-        "similarity, weights exp(similarity / 0.07) (Wu et al. 2018).",
+        f"- kNN: top-1/top-5 of a k={_KNN['k']} nearest-neighbour vote on frozen features, cosine "
+        f"similarity, weights exp(similarity / {_KNN['temperature']:g}) (Wu et al. 2018).",
         "- When an evaluation was recorded more than once, the last row of runs.csv counts. "
         "Rows recorded before runs.csv had a data set and seed show them as unrecorded.",
     ]
@@ -310,7 +314,7 @@ def _notes() -> list[str]:
 
 def render_readme(runs: pd.DataFrame) -> str:
     """The whole results/README.md text for ``runs`` (as returned by read_runs)."""
-    sections = [("kNN (frozen backbone, k=20, cosine, T=0.07)", ("knn",)),
+    sections = [(f"kNN (frozen backbone, k={_KNN['k']}, cosine, T={_KNN['temperature']:g})", ("knn",)),
                 ("Linear probe (frozen backbone, 100% labels)", ("linear",)),
                 ("Semi-supervised fine-tuning (1% and 10% labels)", ("semi1", "semi10"))]
     parts = ["# Results", "",
