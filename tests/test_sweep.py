@@ -155,7 +155,7 @@ def test_frontier_from_runs_csv_alone(tmp_path: Path) -> None:
     # compute 2000 -> 61, 2500 -> 65, 4000 -> 71: all on the kNN frontier; none dominated
     assert table["front_knn"].tolist() == [True, True, True]
     text = out.read_text()
-    assert "| a | 2 | 2.00 | 0.002 |" in text and "61.00 ± 1.00 (n=3)" in text
+    assert "| a | 2 | 2.00 | 0.002 |" in text and "61.00 ± 1.00 (n=3) | 56.00 ± 1.00 (n=3) | C H |" in text
     assert "knn, raw pixels (the floor): 80.00" in text and "99.0" not in text
     assert out.with_suffix(".png").is_file()
 

@@ -72,10 +72,12 @@ def configurations(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
     table = table.sort_values(["lever", "epochs"], kind="stable").reset_index(drop=True)
     for protocol in PROTOCOLS:
         have = table[protocol].notna()
-        flags = pareto_front(list(table.loc[have, "compute_images"]),
-                             [s.mean for s in table.loc[have, protocol]])
+        means = [s.mean for s in table.loc[have, protocol]]
         table[f"front_{protocol}"] = False
-        table.loc[have, f"front_{protocol}"] = flags
+        table.loc[have, f"front_{protocol}"] = pareto_front(list(table.loc[have, "compute_images"]), means)
+        table[f"front_{protocol}_hours"] = False
+        table.loc[have, f"front_{protocol}_hours"] = pareto_front(list(table.loc[have, "pretrain_hours"]),
+                                                                  means)
     return table
 
 
@@ -92,17 +94,26 @@ def markdown(table: pd.DataFrame, floor: dict[tuple[str, str], Stat], sweep: str
              "maximum resolution (sum over epochs of (res / max_res)^2) x train images, free "
              "of timing noise; device-hours are measured per run (mean over seeds) and "
              "inflated by anything else running on the machine. Frontier: no configuration "
-             "has less or equal compute and a higher or equal mean.", ""]
+             "has less or equal cost and a higher or equal mean; marked against compute (C) "
+             "and against measured device-hours (H). Compute counts epochs at each run's own "
+             "maximum resolution and architecture: compare it across levers only where those "
+             "are the same.", ""]
     devices = ", ".join(sorted(set(table["device"]))) if not table.empty else "none"
     lines += [f"Machine: {devices}.", "",
               "| lever | epochs | epoch-eq. at max res | compute (M images) | pretrain device-h "
               "| kNN top-1 | linear top-1 | frontier kNN | frontier linear |",
               "|---|---|---|---|---|---|---|---|---|"]
+
+    def flags(r, protocol: str) -> str:
+        marks = [m for m, key in (("C", f"front_{protocol}"), ("H", f"front_{protocol}_hours"))
+                 if r.get(key)]
+        return " ".join(marks)
+
     for _, r in table.iterrows():
         cells = [r["lever"], str(r["epochs"]), f"{r['epoch_equivalents']:.2f}",
                  f"{r['compute_images'] / 1e6:.3f}", f"{r['pretrain_hours']:.4f}",
                  str(r["knn"]) if r["knn"] else "—", str(r["linear"]) if r["linear"] else "—",
-                 "yes" if r.get("front_knn") else "", "yes" if r.get("front_linear") else ""]
+                 flags(r, "knn"), flags(r, "linear")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Controls (once per sweep):", ""]
     for (protocol, backbone), stat in sorted(floor.items()):
@@ -123,7 +134,7 @@ def plot(table: pd.DataFrame, floor: dict[tuple[str, str], Stat], path: Path) ->
               ("knn", "pretrain_hours", "measured pretraining device-hours")]
     for ax, (protocol, cost, xlabel) in zip(axes, panels):
         for lever, group in table.groupby("lever", sort=False):
-            have = group[group[protocol].notna()]
+            have = group[group[protocol].notna()].sort_values(cost)
             ax.errorbar(have[cost], [s.mean for s in have[protocol]],
                         yerr=[s.std or 0 for s in have[protocol]], marker="o", capsize=3,
                         label=lever)
