@@ -33,6 +33,7 @@ with ``checks.ok``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -46,7 +47,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -598,6 +599,29 @@ def checkpoint_check(plan: Plan, device: torch.device, data_dir: Path, work: Pat
     return record, b.loader
 
 
+# ----- e. frozen features: fp32 against bf16 -------------------------------------------------
+@contextlib.contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """TF32 for matmuls and cuDNN on (True) or off (False, true fp32 as the reference
+    evaluates), restored afterwards."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def feature_differences(f32: torch.Tensor, other: torch.Tensor) -> dict[str, Any]:
+    """How far ``other`` features are from the fp32 ones: the max |diff| over the max |f|,
+    and the max relative difference where |f| is at least 1% of the max."""
+    diff = (other - f32).abs()
+    big = f32.abs() >= 0.01 * f32.abs().max()
+    return {"features_max_abs_diff_over_max_abs": float(diff.max() / f32.abs().max()),
+            "features_max_relative_diff": float((diff[big] / f32.abs()[big]).max()),
+            "features_compared": int(big.sum())}
+
+
 # ----- e. linear probe ------------------------------------------------------------------------
 def linear_probe_check(plan: Plan, device: torch.device, data_dir: Path, work: Path
                        ) -> dict[str, Any]:
@@ -625,27 +649,17 @@ def linear_probe_check(plan: Plan, device: torch.device, data_dir: Path, work: P
         if first is None:
             first = batch.clone()
     backbone = ev.model.backbone.eval()
-    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    try:
-        with torch.no_grad():
-            # true fp32 as the reference: TF32 (cuDNN's default for convolutions) off
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    with torch.no_grad():
+        with tf32(False):
             f32 = backbone(first).float()
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        with tf32(True):
             f_tf32 = backbone(first).float()
             with torch.autocast(device.type, dtype=torch.bfloat16):
                 bf16 = backbone(first).float()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    diff = (bf16 - f32).abs()
-    big = f32.abs() >= 0.01 * f32.abs().max()
     record = {"protocol": "linear", "res": ev.settings.res, "batch": ev.settings.batch_size,
               "precision": ev.settings.precision, "first_epoch_seconds": first_epoch,
               "images_per_s": images / seconds, "top1_after_one_epoch": ev.history[-1]["top1"],
-              "train_loss": ev.history[-1]["train_loss"],
-              "features_max_abs_diff_over_max_abs": float(diff.max() / f32.abs().max()),
-              "features_max_relative_diff": float((diff[big] / f32.abs()[big]).max()),
-              "features_compared": int(big.sum()),
+              "train_loss": ev.history[-1]["train_loss"], **feature_differences(f32, bf16),
               "features_tf32_max_abs_diff_over_max_abs": float((f_tf32 - f32).abs().max()
                                                                / f32.abs().max())}
     record["ok"] = (math.isfinite(record["train_loss"])
@@ -719,27 +733,18 @@ def frozen_forward_check(plan: Plan, device: torch.device) -> dict[str, Any]:
     torch.manual_seed(0)
     backbone = BarlowTwins(plan.arch, plan.projector, width=plan.width).backbone.to(device).eval()
     x = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(1)).to(device)
-    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    try:
-        with torch.no_grad():
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-            f32 = backbone(x).float()
-            sync(device)
-            start, passes = time.perf_counter(), 3
-            for _ in range(passes):
-                backbone(x)
-            sync(device)
-            seconds = time.perf_counter() - start
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                bf16 = backbone(x).float()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    diff = (bf16 - f32).abs()
-    big = f32.abs() >= 0.01 * f32.abs().max()
+    with torch.no_grad(), tf32(False):
+        f32 = backbone(x).float()
+        sync(device)
+        start, passes = time.perf_counter(), 3
+        for _ in range(passes):
+            backbone(x)
+        sync(device)
+        seconds = time.perf_counter() - start
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            bf16 = backbone(x).float()
     record = {"res": res, "batch": batch, "fp32_images_per_s": batch * passes / seconds,
-              "features_max_abs_diff_over_max_abs": float(diff.max() / f32.abs().max()),
-              "features_max_relative_diff": float((diff[big] / f32.abs()[big]).max()),
-              "features_compared": int(big.sum())}
+              **feature_differences(f32, bf16)}
     record["ok"] = bool(math.isfinite(record["fp32_images_per_s"])
                         and record["features_max_abs_diff_over_max_abs"] < 0.1)
     print(f"  frozen forward fp32: {record['fp32_images_per_s']:,.0f} images/s at {res} px; bf16 vs "
@@ -940,10 +945,12 @@ def main(argv: list[str]) -> int:
         profile = build_profile(plan, device, argv, checks["steps"], measured["loader_rates"],
                                 measured["workers"], checks, measured["eval_rate"])
         path = device_profile.device_file(profile["device"], folder)
+        partial = path.with_suffix(".partial.json")
         try:
-            return device_profile.write(path, profile)
+            written = device_profile.write(path, profile)
+            partial.unlink(missing_ok=True)  # superseded by the device file
+            return written
         except ValueError:
-            partial = path.with_suffix(".partial.json")
             partial.parent.mkdir(parents=True, exist_ok=True)
             partial.write_text(json.dumps(profile, indent=2, default=str))
             return partial

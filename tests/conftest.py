@@ -44,3 +44,13 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_dataset(images_dir, out_dir, write_mode="raw", num_workers=2)
     return out_dir
 
+
+@pytest.fixture()
+def data_copy(tiny_dataset: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny dataset folder (for tests that damage it)."""
+    out = tmp_path / "data"
+    out.mkdir()
+    for f in tiny_dataset.iterdir():
+        if f.is_file():
+            (out / f.name).write_bytes(f.read_bytes())
+    return out

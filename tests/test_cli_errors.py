@@ -38,17 +38,6 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *needles
     return last
 
 
-@pytest.fixture()
-def data_copy(tiny_dataset: Path, tmp_path: Path) -> Path:
-    """A private copy of the tiny dataset folder (tests below damage it)."""
-    out = tmp_path / "data"
-    out.mkdir()
-    for f in tiny_dataset.iterdir():
-        if f.is_file():
-            (out / f.name).write_bytes(f.read_bytes())
-    return out
-
-
 def test_truncated_beton_is_named_with_the_fix(data_copy: Path, tmp_path: Path) -> None:
     beton = data_copy / "train.beton"
     beton.write_bytes(beton.read_bytes()[: beton.stat().st_size * 2 // 3])

@@ -55,16 +55,6 @@ CASES = {
 }
 
 
-@pytest.fixture()
-def data_copy(tiny_dataset: Path, tmp_path: Path) -> Path:
-    out = tmp_path / "data"
-    out.mkdir()
-    for f in tiny_dataset.iterdir():
-        if f.is_file():
-            (out / f.name).write_bytes(f.read_bytes())
-    return out
-
-
 def run_in_process(args: list[str], capsys) -> tuple[subprocess.CompletedProcess, float]:
     """run.py's own code path (``run_command(runner.main)``) in this process: no start-up
     cost, so the time measured is the checking, not python and torch importing."""
