@@ -129,7 +129,19 @@ _section(
 _section(
     "eval", "Which evaluation protocol and which backbones to evaluate",
     protocol=_p(str, "protocol file rules/protocols/<name>.yaml (fixed rules)"),
-    control=_p(bool, "also evaluate a randomly initialised backbone (the control row)"),
+    control=_p(bool, "also evaluate a randomly initialised backbone (the control row; "
+               "torchvision's standard initialisation)"),
+    supervised=_p(bool, "also train the supervised ceiling (the backbone with labels, same "
+                  "images, epochs and resolutions) and evaluate it with the same protocols"),
+)
+_section(
+    "supervised", "The supervised ceiling's recipe (ffcv-imagenet's shape; ffcv_bt/train/supervised.py)",
+    lr=_p(float, "peak SGD learning rate, times batch/256", InRange(0.0, 100.0)),
+    lr_peak_epoch=_p(float, "the rate ramps linearly 0 -> lr at this epoch -> 0 at the last",
+                     InRange(0.0, 100000.0)),
+    weight_decay=_p(float, "weight decay (not on BatchNorm nor biases)", InRange(0.0, 1.0)),
+    momentum=_p(float, "SGD momentum", InRange(0.0, 1.0)),
+    label_smoothing=_p(float, "cross-entropy label smoothing", InRange(0.0, 1.0)),
 )
 _section(
     "linear", "Linear probe on frozen features (protocol, not recipe)",

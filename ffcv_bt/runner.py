@@ -66,13 +66,16 @@ def _load_metadata(recipe: Recipe, run_dir: Path, dist: DistInfo) -> dict[str, A
 
 
 def _evaluations(recipe: Recipe) -> list[tuple[str, str, str]]:
-    """(stage key, protocol, backbone kind) in order; with eval.control the random control
-    follows each, and for kNN the raw-pixel floor when the protocol asks for it."""
+    """(stage key, protocol, backbone kind) in order; with eval.supervised the supervised
+    ceiling follows each, with eval.control the random control, and for kNN the raw-pixel
+    floor when the protocol asks for it."""
     out = []
     for stage in recipe.stages:
         if stage == "pretrain":
             continue
         out.append((stage, stage, "pretrained"))
+        if recipe["eval"]["supervised"]:
+            out.append((f"{stage}-supervised", stage, "supervised"))
         if recipe["eval"]["control"]:
             out.append((f"{stage}-random", stage, "random"))
         if stage == "knn" and recipe["knn"]["pixel_floor"] and recipe["eval"]["control"]:
@@ -131,13 +134,27 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
         raise RunFolderError(f"{pretrain_file} not found: evaluations need a finished "
                              f"pretraining stage in this run folder (add 'pretrain' to --stages)")
 
+    supervised_path = run_dir / "supervised" / f"{arch}.pth"
+    supervised_hours = 0.0
+    if any(kind == "supervised" for _, _, kind in evaluations):
+        from ffcv_bt.train.supervised import train_supervised
+
+        start = time.time()
+        result = train_supervised(recipe, run_dir / "supervised", dist)
+        supervised_hours = result["device_hours"]
+        meta["stages"].setdefault("supervised", {}).update(
+            {"device_hours": result["device_hours"], "device_seconds": result["device_seconds"],
+             "wall_seconds_this_call": time.time() - start, "result": result})
+        save()
+
     dataset = Manifest.read(recipe["data"]["dir"]).dataset_fields()
     epoch_equivalents = pretrain_cost_factor(recipe)
     rows = []
     for key, protocol, kind in evaluations:
-        weights = str(backbone_path) if kind == "pretrained" else kind
+        weights = {"pretrained": str(backbone_path), "supervised": str(supervised_path)}.get(kind, kind)
         start = time.time()
         result = _evaluate(recipe, protocol, weights, run_dir / key, dist)
+        trained = kind in ("pretrained", "supervised")  # both cost the recipe's epochs
         stage = meta["stages"].setdefault(key, {})
         stage.update({"device_hours": result["device_hours"],
                       "device_seconds": result["device_seconds"], "result": result})
@@ -145,9 +162,9 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
         row = evaluation_row(
             run_id=meta["run_id"], recipe=recipe.name, dataset=dataset,
             seed=recipe["train"]["seed"], protocol=protocol, backbone=kind,
-            epochs=recipe["optim"]["epochs"] if kind == "pretrained" else 0, result=result,
-            pretrain_gpu_hours=pretrain_hours if kind == "pretrained" else 0.0,
-            pretrain_epoch_equivalents=epoch_equivalents if kind == "pretrained" else 0.0,
+            epochs=recipe["optim"]["epochs"] if trained else 0, result=result,
+            pretrain_gpu_hours={"pretrained": pretrain_hours, "supervised": supervised_hours}.get(kind, 0.0),
+            pretrain_epoch_equivalents=epoch_equivalents if trained else 0.0,
             device=meta["device"], n_devices=meta["n_devices"],
             git_sha=meta["code"]["git_sha"] + ("-dirty" if meta["code"].get("dirty") else ""),
             run_dir=run_dir, repo_root=REPO_ROOT)

@@ -47,8 +47,10 @@ class EvalLoader:
     and, for the train split, augmentations).
     """
 
-    def __init__(self, loader: Loader, seed: EpochSeed, device: torch.device, channels_last: bool):
+    def __init__(self, loader: Loader, seed: EpochSeed, device: torch.device, channels_last: bool,
+                 crop_decoder: MultiViewRandomResizedCropDecoder | None = None):
         self._loader = loader
+        self._crop_decoder = crop_decoder
         self._seed = seed
         self._outputs = list(loader.pipeline_specs)
         self.device = device
@@ -59,6 +61,13 @@ class EvalLoader:
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
         self.epoch = int(epoch)
+
+    def set_resolution(self, res: int) -> None:
+        """Train split only: the side of the crops from the next epoch on (FFCV's progressive
+        resolution, as the pretraining loader)."""
+        if self._crop_decoder is None:
+            raise ValueError("set_resolution: the val split has a fixed centre crop")
+        self._crop_decoder.set_output_size(res)
 
     def __len__(self) -> int:
         return len(self._loader)
@@ -112,9 +121,9 @@ def make_eval_loader(beton: str | os.PathLike, batch_size_per_rank: int, split: 
     field_names, num_samples = check_beton(beton, ["image", "label"])
     train = split == "train"
     epoch_seed = EpochSeed(seed)
+    crop_decoder = MultiViewRandomResizedCropDecoder(res, epoch_seed, num_views=1) if train else None
     if train:
-        image = PipelineSpec("image", MultiViewRandomResizedCropDecoder(res, epoch_seed, num_views=1),
-                             [RandomFlipViews((0.5,), epoch_seed), ToTensor()])
+        image = PipelineSpec("image", crop_decoder, [RandomFlipViews((0.5,), epoch_seed), ToTensor()])
     else:
         image = PipelineSpec("image", CenterCropRGBImageDecoder((res, res), ratio=resize_ratio),
                              [ToTensor()])
@@ -132,4 +141,4 @@ def make_eval_loader(beton: str | os.PathLike, batch_size_per_rank: int, split: 
                           distributed=distributed, seed=seed, indices=subset, drop_last=drop_last,
                           in_memory=in_memory)
     device = default_device() if device is None else torch.device(device)
-    return EvalLoader(loader, epoch_seed, device, channels_last)
+    return EvalLoader(loader, epoch_seed, device, channels_last, crop_decoder)

@@ -1,6 +1,13 @@
 """The backbone an evaluation starts from: a weights file of any of the accepted layouts,
 checked against the architecture, or a random initialisation (the control).
 
+The control is torchvision's standard initialisation (Kaiming-normal convolutions, BN
+weights 1), WITHOUT the zero-initialised last BN of each residual branch that pretraining
+starts from: with it, every block of an untrained network is the identity (or a strided
+1x1 shortcut) and the pooled feature is nearly constant (mean pairwise cosine 0.997 on the
+demo's images), a control that cannot win. The standard initialisation's features carry
+information (tests/test_evaluate.py::test_random_control_is_informative).
+
 Accepted files: our pretraining checkpoint (``checkpoint.pt``), our exported ``<arch>.pth``,
 or a torchvision ResNet state dict (its ``fc.*`` entries dropped; ``module.`` prefixes from
 DDP stripped), e.g. the released Barlow Twins ResNet-50 weights.
@@ -46,9 +53,10 @@ def backbone_state_from_file(path: Path) -> dict[str, torch.Tensor]:
 
 def load_backbone(weights: str, arch: str, width: int = 64, small_stem: bool = False,
                   seed: int = 0) -> tuple[nn.Module, int]:
-    """The backbone to evaluate: ``weights`` is a checkpoint path or ``"random"``."""
+    """The backbone to evaluate: ``weights`` is a checkpoint path or ``"random"`` (standard
+    initialisation, no zero-init residual: the fair control)."""
     torch.manual_seed(seed)
-    backbone, feat_dim = build_backbone(arch, width=width, zero_init_residual=True,
+    backbone, feat_dim = build_backbone(arch, width=width, zero_init_residual=weights != "random",
                                         small_stem=small_stem)
     if weights == "random":
         return backbone, feat_dim

@@ -52,6 +52,8 @@ class ProtocolSettings:
     resize: int
     precision: str = "fp32"
     subset_percent: int = 100
+    label_smoothing: float = 0.0    # the supervised stage only
+    lr_peak_epoch: float = 0.0      # the supervised stage only (ffcv-imagenet's triangular rate)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, protocol: str) -> ProtocolSettings:
@@ -64,6 +66,15 @@ class ProtocolSettings:
             return cls(protocol, p["epochs"], p["batch_size"], p["lr_classifier"], p["lr_backbone"],
                        p["weight_decay"], p["momentum"], p["res"], p["resize"], "fp32",
                        int(protocol[4:]))
+        if protocol == "supervised":
+            # The supervised ceiling (ffcv_bt.train.supervised): the recipe's supervised
+            # section at the pretraining's epochs and global batch; validated with the
+            # linear protocol's crop (its train crops follow the recipe's resolution).
+            p, lin, batch = recipe["supervised"], recipe["linear"], recipe["optim"]["batch_size"]
+            lr = p["lr"] * batch / 256
+            return cls("supervised", recipe["optim"]["epochs"], batch, lr, lr, p["weight_decay"],
+                       p["momentum"], lin["res"], lin["resize"], "fp32", 100,
+                       p["label_smoothing"], p["lr_peak_epoch"])
         raise ConfigError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
 
 
@@ -223,15 +234,23 @@ class Evaluation:
         self.epoch += 1
         self.save_checkpoint()
 
+    def learning_rates(self, epoch: float) -> list[float]:
+        """Each parameter group's rate at (fractional) ``epoch``: the protocol's cosine, set
+        once per epoch."""
+        return [cosine_epoch_lr(int(epoch), self.settings.epochs, g["base_lr"])
+                for g in self.optimizer.param_groups]
+
+    def criterion(self) -> nn.Module:
+        return nn.CrossEntropyLoss()
+
     def train_epoch(self) -> float:
         s = self.settings
-        for group in self.optimizer.param_groups:
-            group["lr"] = cosine_epoch_lr(self.epoch, s.epochs, group["base_lr"])
         self.train_loader.set_epoch(self.epoch)
         self.model.train()
         if self.frozen:
             self.model.backbone.eval()  # BN statistics never move
-        criterion = nn.CrossEntropyLoss()
+        criterion = self.criterion()
+        steps = max(len(self.train_loader), 1)
         # losses stay on the device (no host sync per step); the epoch's non-finite flag is
         # combined over ranks before anyone raises, so no rank is left waiting in a collective
         total = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -239,7 +258,9 @@ class Evaluation:
         count = 0
         bar = tqdm(self.train_loader, disable=not self.dist.is_main, leave=False,
                    desc=f"{s.protocol} epoch {self.epoch + 1}/{s.epochs}")
-        for images, labels in bar:
+        for step, (images, labels) in enumerate(bar):
+            for group, lr in zip(self.optimizer.param_groups, self.learning_rates(self.epoch + step / steps)):
+                group["lr"] = lr
             if self.frozen:
                 with torch.no_grad(), torch.autocast(self.device.type,
                                                      dtype=self.amp_dtype or torch.float32,

@@ -51,7 +51,9 @@ class Stat:
 def configurations(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
     """One row per (lever, epochs) of ``sweep``'s pretrained rows: per protocol a Stat,
     the mean pretraining device-hours, the compute and the frontier flags."""
-    ours = runs[runs["recipe"].str.startswith(f"{sweep}.") & (runs["backbone"] == "pretrained")]
+    in_sweep = runs[runs["recipe"].str.startswith(f"{sweep}.")]
+    ours = in_sweep[in_sweep["backbone"] == "pretrained"]
+    ceiling = in_sweep[in_sweep["backbone"] == "supervised"]
     rows = []
     for (recipe, epochs), group in ours.groupby(["recipe", "epochs"], sort=False):
         pretrain = group.drop_duplicates("run_id")
@@ -65,6 +67,9 @@ def configurations(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
         for protocol in PROTOCOLS:
             values = [float(v) for v in group[group["protocol"] == protocol]["top1"]]
             row[protocol] = Stat.of(values) if values else None
+            same = ceiling[(ceiling["recipe"] == recipe) & (ceiling["epochs"] == epochs)
+                           & (ceiling["protocol"] == protocol)]
+            row[f"supervised_{protocol}"] = Stat.of([float(v) for v in same["top1"]]) if len(same) else None
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -74,8 +79,10 @@ def configurations(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
         have = table[protocol].notna()
         means = [s.mean for s in table.loc[have, protocol]]
         table[f"front_{protocol}"] = False
-        table.loc[have, f"front_{protocol}"] = pareto_front(list(table.loc[have, "compute_images"]), means)
         table[f"front_{protocol}_hours"] = False
+        if not have.any():  # no row of this protocol in the sweep (e.g. kNN only)
+            continue
+        table.loc[have, f"front_{protocol}"] = pareto_front(list(table.loc[have, "compute_images"]), means)
         table.loc[have, f"front_{protocol}_hours"] = pareto_front(list(table.loc[have, "pretrain_hours"]),
                                                                   means)
     return table
@@ -83,7 +90,7 @@ def configurations(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
 
 def controls(runs: pd.DataFrame, sweep: str) -> dict[tuple[str, str], Stat]:
     """(protocol, backbone) -> Stat for the sweep's random-init and raw-pixel rows."""
-    rows = runs[runs["recipe"].str.startswith(f"{sweep}.") & (runs["backbone"] != "pretrained")]
+    rows = runs[runs["recipe"].str.startswith(f"{sweep}.") & runs["backbone"].isin(["random", "pixels"])]
     return {(p, b): Stat.of([float(v) for v in g["top1"]])
             for (p, b), g in rows.groupby(["protocol", "backbone"])}
 
@@ -101,8 +108,9 @@ def markdown(table: pd.DataFrame, floor: dict[tuple[str, str], Stat], sweep: str
     devices = ", ".join(sorted(set(table["device"]))) if not table.empty else "none"
     lines += [f"Machine: {devices}.", "",
               "| lever | epochs | epoch-eq. at max res | compute (M images) | pretrain device-h "
-              "| kNN top-1 | linear top-1 | frontier kNN | frontier linear |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| kNN top-1 | linear top-1 | frontier kNN | frontier linear | supervised ceiling "
+              "kNN | supervised ceiling linear |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def flags(r, protocol: str) -> str:
         marks = [m for m, key in (("C", f"front_{protocol}"), ("H", f"front_{protocol}_hours"))
@@ -113,9 +121,14 @@ def markdown(table: pd.DataFrame, floor: dict[tuple[str, str], Stat], sweep: str
         cells = [r["lever"], str(r["epochs"]), f"{r['epoch_equivalents']:.2f}",
                  f"{r['compute_images'] / 1e6:.3f}", f"{r['pretrain_hours']:.4f}",
                  str(r["knn"]) if r["knn"] else "—", str(r["linear"]) if r["linear"] else "—",
-                 flags(r, "knn"), flags(r, "linear")]
+                 flags(r, "knn"), flags(r, "linear"),
+                 str(r.get("supervised_knn") or "—"), str(r.get("supervised_linear") or "—")]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Controls (once per sweep):", ""]
+    lines += ["", "Supervised ceiling: the same backbone trained with labels on the same images "
+              "for the same epochs and resolutions (ffcv_bt/train/supervised.py), evaluated "
+              "with the same protocols.", "",
+              "Controls (once per sweep; the random-init backbone has torchvision's standard "
+              "initialisation):", ""]
     for (protocol, backbone), stat in sorted(floor.items()):
         label = "raw pixels (the floor)" if backbone == "pixels" else f"{backbone}-init backbone"
         lines.append(f"- {protocol}, {label}: {stat}")
@@ -135,13 +148,21 @@ def plot(table: pd.DataFrame, floor: dict[tuple[str, str], Stat], path: Path) ->
     for ax, (protocol, cost, xlabel) in zip(axes, panels):
         for lever, group in table.groupby("lever", sort=False):
             have = group[group[protocol].notna()].sort_values(cost)
-            ax.errorbar(have[cost], [s.mean for s in have[protocol]],
+            line = ax.errorbar(have[cost], [s.mean for s in have[protocol]],
                         yerr=[s.std or 0 for s in have[protocol]], marker="o", capsize=3,
                         label=lever)
+            key = f"supervised_{protocol}"
+            sup = group[group[key].notna()].sort_values(cost) if key in group else group.iloc[:0]
+            if not sup.empty:
+                ax.plot(sup[cost], [s.mean for s in sup[key]], marker="x", linestyle=":",
+                        color=line[0].get_color(), label=f"{lever}: supervised ceiling")
         front = table[table[f"front_{protocol}"].astype(bool)].sort_values(cost)
         if cost == "compute_images" and not front.empty:
             ax.step(front[cost], [s.mean for s in front[protocol]], where="post", color="black",
                     linestyle=":", label="Pareto frontier")
+        if (protocol, "random") in floor:
+            ax.axhline(floor[(protocol, "random")].mean, color="grey", linestyle="--",
+                       label="random-init control")
         if (protocol, "pixels") in floor:
             ax.axhline(floor[(protocol, "pixels")].mean, color="red", linestyle="--",
                        label="raw-pixel kNN floor")

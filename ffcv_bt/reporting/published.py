@@ -129,3 +129,33 @@ PUBLISHED: tuple[Published, ...] = (
 def published_for(protocol: str) -> list[Published]:
     """The published entries with a number for ``protocol``, in PUBLISHED order."""
     return [entry for entry in PUBLISHED if entry.accuracy(protocol) is not None]
+
+
+@dataclass(frozen=True)
+class SupervisedCeiling:
+    """A published supervised ImageNet-1k run: the ceiling a self-supervised row is read
+    against (top-1 of the supervised classifier itself, not a linear probe)."""
+
+    epochs: int
+    top1: float
+    minutes: float       # wall-clock minutes of the whole run
+    n_devices: int
+    hardware: str
+    architecture: str = "ResNet-50"
+
+    @property
+    def device_hours(self) -> float:
+        return self.n_devices * self.minutes / 60
+
+
+FFCV_IMAGENET_SOURCE = ("ffcv-imagenet README table (supervised, 160 -> 192 px progressive "
+                        "resolution, SGD, label smoothing 0.1, eval at 256 px with flip TTA)")
+FFCV_IMAGENET_URL = "https://github.com/libffcv/ffcv-imagenet"
+SUPERVISED_CEILINGS: tuple[SupervisedCeiling, ...] = (
+    *(SupervisedCeiling(epochs, top1, minutes, 8, "A100")
+      for epochs, top1, minutes in ((16, 73.8, 14.9), (24, 75.6, 21.7), (32, 76.6, 28.7),
+                                    (40, 77.2, 35.6), (56, 78.0, 49.4), (88, 78.4, 77.2))),
+    SupervisedCeiling(16, 66.9, 35.0, 1, "A100", "ResNet-18"),
+    SupervisedCeiling(88, 72.4, 187.3, 1, "A100", "ResNet-18"),
+)
+

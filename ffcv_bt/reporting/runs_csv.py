@@ -15,17 +15,21 @@ dataset_classes        int    >= 1, number of classes of the evaluated data set
 dataset_train_images   int    >= 1, images in its train split
 seed                   int    0 .. 2**31-1, train.seed of pretraining (evaluation uses it too)
 protocol               str    "linear" | "semi1" | "semi10" | "knn" (k=20, cosine, T=0.07)
-backbone               str    "pretrained" (ours) | "random" (random-init control) |
+backbone               str    "pretrained" (ours) | "random" (random-init control, standard
+                              init) | "supervised" (the supervised ceiling: same backbone,
+                              images, epochs and resolutions, trained with labels) |
                               "pixels" (raw pixels as features: the floor) |
                               "external" (a published checkpoint evaluated here)
-epochs                 int    >= 0, pretraining epochs; must be 0 for random and pixels
+epochs                 int    >= 0, (pre)training epochs; must be 0 for random and pixels
 top1, top5             float  percent in [0, 100], final epoch
 best_top1              float  percent in [0, 100], best epoch; may be None or ""
-pretrain_gpu_hours     float  >= 0, device-hours of pretraining; must be 0 unless pretrained
+pretrain_gpu_hours     float  >= 0, device-hours of (pre)training; 0 unless pretrained or
+                              supervised
 pretrain_epoch_equivalents
                        float  >= 0, pretraining compute free of timing noise: the sum over
                               epochs of (resolution / max_res)^2, i.e. epochs at max_res;
                               x dataset_train_images = images at max_res; 0 unless pretrained
+                              or supervised
 eval_gpu_hours         float  >= 0, device-hours of this evaluation
 device                 str    non-empty, e.g. "NVIDIA A100-SXM4-80GB" or "cpu (AMD EPYC)"
 n_devices              int    >= 1
@@ -71,7 +75,8 @@ NEW_COLUMNS = ("dataset", "dataset_classes", "dataset_train_images", "seed")
 OPTIONAL_NUMBERS = ("dataset_classes", "dataset_train_images", "seed",
                     "pretrain_epoch_equivalents")  # None in rows recorded before them
 PROTOCOLS = ("linear", "semi1", "semi10", "knn")
-BACKBONES = ("pretrained", "random", "pixels", "external")
+BACKBONES = ("pretrained", "supervised", "random", "pixels", "external")
+TRAINED = ("pretrained", "supervised")  # rows that carry a training cost
 UNRECORDED = "unrecorded"  # the dataset of rows recorded before the column existed
 MAX_SEED = 2**31 - 1
 
@@ -141,14 +146,14 @@ def _parse(row: dict, legacy_cells_allowed: bool) -> dict:
     if clean["backbone"] in ("random", "pixels") and clean["epochs"] != 0:
         raise RunRowError("epochs", f"{clean['epochs']} for backbone {clean['backbone']!r}: "
                                     f"nothing was pretrained, must be 0")
-    if clean["backbone"] != "pretrained" and clean["pretrain_gpu_hours"] != 0:
+    if clean["backbone"] not in TRAINED and clean["pretrain_gpu_hours"] != 0:
         raise RunRowError("pretrain_gpu_hours", f"{clean['pretrain_gpu_hours']} for backbone "
                           f"{clean['backbone']!r}: no pretraining here, must be 0")
     if legacy_cells_allowed and clean["pretrain_epoch_equivalents"] == "":
         clean["pretrain_epoch_equivalents"] = None
     else:
         clean["pretrain_epoch_equivalents"] = _number(row, "pretrain_epoch_equivalents", 0.0)
-        if clean["backbone"] != "pretrained" and clean["pretrain_epoch_equivalents"] != 0:
+        if clean["backbone"] not in TRAINED and clean["pretrain_epoch_equivalents"] != 0:
             raise RunRowError("pretrain_epoch_equivalents", "no pretraining here, must be 0")
     return clean
 

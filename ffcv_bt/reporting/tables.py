@@ -29,8 +29,11 @@ from ffcv_bt.reporting.published import (
     BASELINE_COSTS,
     BASELINE_HARDWARE,
     BASELINE_HOURS,
+    FFCV_IMAGENET_SOURCE,
+    FFCV_IMAGENET_URL,
     PAPER,
     RELEASED_WEIGHTS,
+    SUPERVISED_CEILINGS,
     Published,
     published_for,
 )
@@ -49,8 +52,9 @@ from ffcv_bt.reporting.runs_csv import (  # noqa: F401 (re-exported)
 _KNN = yaml.safe_load((RULES_DIR / "protocols" / "standard.yaml").read_text())["knn"]
 PROTOCOL_NAMES = {"knn": f"kNN (k={_KNN['k']})", "linear": "linear probe", "semi1": "1% labels",
                   "semi10": "10% labels"}
-BACKBONE_NAMES = {"pretrained": "pretrained", "external": "external (published checkpoint)",
-                  "random": "random init (control)", "pixels": "raw pixels (floor)"}
+BACKBONE_NAMES = {"pretrained": "pretrained", "supervised": "supervised (ceiling, same budget)",
+                  "external": "external (published checkpoint)",
+                  "random": "random init (control, standard init)", "pixels": "raw pixels (floor)"}
 _BACKBONE_ORDER = {name: rank for rank, name in enumerate(BACKBONE_NAMES)}
 _MISSING = "—"
 NOT_COMPARABLE = "not ImageNet-1k: not comparable to the ImageNet reference"
@@ -303,13 +307,28 @@ def _notes() -> list[str]:
         "- Device-h are devices x wall-clock hours of the timed stages, on the device named "
         "in the row, per run (mean over the configuration's runs); hours on other hardware "
         "are **not V100-hours**. Total = pretraining + the evaluations of that table.",
-        "- Backbones: pretrained (ours), external (a published checkpoint evaluated here: no "
-        "pretraining cost here), random init (control) and raw pixels as features (floor).",
+        "- Backbones: pretrained (ours), supervised (the ceiling: the same backbone trained "
+        "with labels on the same images, epochs and resolutions; its cost in the pretraining "
+        "column), external (a published checkpoint evaluated here: no pretraining cost here), "
+        "random init (control: torchvision's standard initialisation, no zero-init residual) "
+        "and raw pixels as features (floor).",
         f"- kNN: top-1/top-5 of a k={_KNN['k']} nearest-neighbour vote on frozen features, cosine "
         f"similarity, weights exp(similarity / {_KNN['temperature']:g}) (Wu et al. 2018).",
         "- When an evaluation was recorded more than once, the last row of runs.csv counts. "
         "Rows recorded before runs.csv had a data set and seed show them as unrecorded.",
     ]
+
+
+def supervised_ceiling_table() -> str:
+    """The published supervised ImageNet-1k runs (ffcv-imagenet), for reading a Barlow Twins
+    row's cost and accuracy against what labels buy."""
+    headers = ["published supervised run, not run here", "architecture", "epochs", "top-1",
+               "hardware", "wall-clock", "device-h", "top-1 vs Barlow Twins paper (linear)"]
+    rows = [[f"[{FFCV_IMAGENET_SOURCE}]({FFCV_IMAGENET_URL})", c.architecture, str(c.epochs),
+             format_accuracy(c.top1), f"{c.n_devices}x {c.hardware}", f"{c.minutes:g} min",
+             format_significant(c.device_hours), format_delta(c.top1 - PAPER.linear[0])]
+            for c in SUPERVISED_CEILINGS]
+    return _markdown_table(headers, rows)
 
 
 def render_readme(runs: pd.DataFrame) -> str:
@@ -328,6 +347,11 @@ def render_readme(runs: pd.DataFrame) -> str:
         table = semi_table(runs) if len(protocols) == 2 else single_protocol_table(runs, *protocols)
         parts += ["", f"## {heading}", "", table, "", "### Published, not run here", "",
                   published_table(protocols)]
+    parts += ["", "## Supervised ceiling on ImageNet-1k (published, not run here)", "",
+              "What labels buy at a known cost: a run's own supervised ceiling is the "
+              "`supervised` backbone (`eval.supervised: true`), the same backbone trained with "
+              "labels on the same images, epochs and resolutions.", "",
+              supervised_ceiling_table()]
     parts += ["", "## Notes", "", *_notes()]
     if runs.empty:
         parts += ["", "No runs recorded yet in runs.csv."]
@@ -339,7 +363,8 @@ def render_readme(runs: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------- plot
 
 _MARKERS = {"knn": "D", "linear": "o", "semi1": "s", "semi10": "^"}
-_FILL = {"pretrained": "full", "external": "top", "random": "none", "pixels": "bottom"}
+_FILL = {"pretrained": "full", "supervised": "left", "external": "top", "random": "none",
+         "pixels": "bottom"}
 
 
 def plot_cost_accuracy(runs: pd.DataFrame, png_path: str | os.PathLike) -> Path:
