@@ -273,7 +273,9 @@ def describe_plan(recipe: Recipe, devices_dir: str | Path | None = None,
              f"protocol: {recipe.protocol_file}",
              f"data: {recipe['data']['dir']} ({n_train:,} train images; {source})",
              f"stages: {', '.join(recipe.stages)}"
-             + ("  (+ random-init control for each evaluation)" if recipe["eval"]["control"] else ""),
+             + ("  (+ random-init control for each evaluation)" if recipe["eval"]["control"] else "")
+             + ("  (+ supervised ceiling: trained, then each evaluation)"
+                if recipe["eval"]["supervised"] else ""),
              f"model: {recipe['model']['arch']} width {recipe['model']['width']}, projector "
              f"{recipe['model']['projector']}; loss lambd {recipe['loss']['lambd']}, "
              f"scale {recipe['loss']['scale_loss']:g}",
@@ -319,12 +321,21 @@ def describe_plan(recipe: Recipe, devices_dir: str | Path | None = None,
             lines.append(f"  {stage:8s} {stage_images[stage]:>16,.0f} images: no measured "
                          f"throughput (set estimate.* or run python -m bench.gpu_check)")
             continue
-        copies = 2 if stage != "pretrain" and recipe["eval"]["control"] else 1
+        extra = [] if stage == "pretrain" else \
+            [name for name, on in (("control", recipe["eval"]["control"]),
+                                   ("supervised", recipe["eval"]["supervised"])) if on]
+        copies = 1 + len(extra)
         total_hours += hours * copies
         wall = hours / est["n_devices"]
         lines.append(f"  {stage:8s} {stage_images[stage]:>16,.0f} images: {hours * copies:10.1f} "
                      f"device-hours ({wall * copies:.1f} h wall on {est['n_devices']} devices)"
-                     + ("  incl. control" if copies == 2 else ""))
+                     + (f"  incl. {' and '.join(extra)}" if extra else ""))
+        if stage == "pretrain" and recipe["eval"]["supervised"]:
+            # one view forward + backward: about half a two-view pretraining step
+            total_hours += hours / 2
+            lines.append(f"  supervised {stage_images[stage]:>14,.0f} images: "
+                         f"{hours / 2:10.1f} device-hours ({hours / 2 / est['n_devices']:.1f} h "
+                         f"wall on {est['n_devices']} devices)  one view: ~half a pretraining step")
     monitor_line, monitor_hours = _monitor_cost(recipe, tp, n_train)
     if monitor_line:
         lines.append(monitor_line)
