@@ -19,6 +19,7 @@ from ffcv_bt.distributed.process_group import DistInfo
 from ffcv_bt.errors import BackboneLoadError
 from ffcv_bt.evaluation.backbone_weights import load_backbone
 from ffcv_bt.evaluation.trained import Evaluation, evaluate, topk_correct
+from ffcv_bt.method.model import build_backbone
 
 CPU = DistInfo()
 
@@ -56,7 +57,11 @@ def _colour_dataset(root: Path) -> Path:
 def _bn_calibrated_random_backbone(recipe, path: Path) -> None:
     """A random backbone whose BN running statistics were measured on data, saved as a
     plain state dict (so random features are on a sensible scale)."""
-    backbone, _ = load_backbone("random", "resnet18", recipe["model"]["width"], True)
+    # the pretraining initialisation (zero-init residual: every block starts as the
+    # identity), whose pooled features keep the colour linearly readable
+    torch.manual_seed(0)
+    backbone, _ = build_backbone("resnet18", recipe["model"]["width"], zero_init_residual=True,
+                                 small_stem=True)
     for m in backbone.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = None  # cumulative average
