@@ -180,3 +180,26 @@ def test_frontier_shows_the_supervised_ceiling_per_point(tmp_path: Path) -> None
     text = (tmp_path / "f.md").read_text()
     assert "82.00 ± 2.00 (n=3)" in text and "89.00 ± 1.41 (n=2)" in text
     assert "knn, random-init backbone: 77.00" in text and "supervised-init" not in text
+
+
+def test_tables_keep_code_revisions_apart(tmp_path: Path) -> None:
+    """Rows of one recipe from two code revisions (the old zero-init control and the fair
+    one) are two configurations; a seed's "-dirty" suffix does not split a run's seeds."""
+    from ffcv_bt.reporting.runs_csv import append_run_row, read_runs
+    from ffcv_bt.reporting.tables import configurations, render_readme
+
+    csv = tmp_path / "runs.csv"
+    for sha, values in (("aaaaaaa1111", [18.0, 19.0, 18.5]), ("bbbbbbb2222", [77.0, 78.0, 76.0])):
+        for seed, value in enumerate(values):
+            append_run_row(csv, {
+                "run_id": f"{sha}-s{seed}", "recipe": "demo", "dataset": "toy", "dataset_classes": 10,
+                "dataset_train_images": 1000, "seed": seed, "protocol": "knn", "backbone": "random",
+                "epochs": 0, "top1": value, "top5": 100.0, "best_top1": value,
+                "pretrain_gpu_hours": 0.0, "pretrain_epoch_equivalents": 0.0, "eval_gpu_hours": 0.001,
+                "device": "cpu (test)", "n_devices": 1, "git_sha": sha + ("-dirty" if seed else ""),
+                "finished_at": "", "run_dir": f"/nonexistent/{sha}-{seed}"})
+    configs = configurations(read_runs(csv), ("knn",))
+    assert [(c.revision, c.values("knn", "top1")) for c in configs] == [
+        ("aaaaaaa", [18.0, 19.0, 18.5]), ("bbbbbbb", [77.0, 78.0, 76.0])]
+    text = render_readme(read_runs(csv))
+    assert "@ aaaaaaa" in text and "18.50 ± 0.50 (n=3)" in text and "77.00 ± 1.00 (n=3)" in text

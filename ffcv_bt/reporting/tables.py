@@ -54,7 +54,7 @@ PROTOCOL_NAMES = {"knn": f"kNN (k={_KNN['k']})", "linear": "linear probe", "semi
                   "semi10": "10% labels"}
 BACKBONE_NAMES = {"pretrained": "pretrained", "supervised": "supervised (ceiling, same budget)",
                   "external": "external (published checkpoint)",
-                  "random": "random init (control, standard init)", "pixels": "raw pixels (floor)"}
+                  "random": "random init (control)", "pixels": "raw pixels (floor)"}
 _BACKBONE_ORDER = {name: rank for rank, name in enumerate(BACKBONE_NAMES)}
 _MISSING = "—"
 NOT_COMPARABLE = "not ImageNet-1k: not comparable to the ImageNet reference"
@@ -141,6 +141,8 @@ class Configuration:
     n_devices: int
     dataset_classes: int | None
     dataset_train_images: int | None
+    revision: str = ""     # the code's git commit (short, "-dirty" dropped)
+    show_revision: bool = False  # the recipe has rows from several revisions
     rows: dict[str, list[dict]] = field(default_factory=dict)  # protocol -> rows
 
     @property
@@ -180,13 +182,21 @@ def configurations(runs: pd.DataFrame, protocols: tuple[str, ...]) -> list[Confi
     pretrained rows come first, then external, random-init and raw-pixel rows."""
     groups: dict[tuple, Configuration] = {}
     order: dict[tuple, int] = {}
+    revisions: dict[str, set[str]] = {}
     for row in runs[runs["protocol"].isin(protocols)].to_dict("records"):
+        # rows of one recipe made by different code (a changed recipe, a fixed control) are
+        # different configurations; a seed's "-dirty" (the run rewrote results/) is not
+        revision = str(row.get("git_sha") or "").removesuffix("-dirty")[:7]
         key = (row["recipe"], row["dataset"], row["backbone"], row["epochs"],
-               device_kind(row["device"]), row["n_devices"])
+               device_kind(row["device"]), row["n_devices"], revision)
         if key not in groups:
-            groups[key] = Configuration(*key, row["dataset_classes"], row["dataset_train_images"])
+            groups[key] = Configuration(*key[:6], row["dataset_classes"], row["dataset_train_images"],
+                                        revision)
         groups[key].rows.setdefault(row["protocol"], []).append(row)
         order.setdefault(key[:2], len(order))
+        revisions.setdefault(row["recipe"], set()).add(revision)
+    for config in groups.values():
+        config.show_revision = len(revisions[config.recipe]) > 1
     ranked = sorted(groups, key=lambda key: (order[key[:2]], _BACKBONE_ORDER[key[2]]))  # stable
     return [groups[key] for key in ranked]
 
@@ -195,7 +205,8 @@ def configurations(runs: pd.DataFrame, protocols: tuple[str, ...]) -> list[Confi
 
 def _our_cells(config: Configuration) -> list[str]:
     devices = " / ".join(dict.fromkeys(_text(r["device"]) for r in config.all_rows()))
-    return [f"[{config.recipe}](../rules/{config.recipe}.yaml)", _text(config.dataset),
+    revision = f" @ {config.revision}" if config.show_revision and config.revision else ""
+    return [f"[{config.recipe}](../rules/{config.recipe}.yaml){revision}", _text(config.dataset),
             BACKBONE_NAMES[config.backbone], str(config.epochs),
             f"{config.n_devices}x {devices}", config.seeds()]
 
@@ -314,6 +325,9 @@ def _notes() -> list[str]:
         "and raw pixels as features (floor).",
         f"- kNN: top-1/top-5 of a k={_KNN['k']} nearest-neighbour vote on frozen features, cosine "
         f"similarity, weights exp(similarity / {_KNN['temperature']:g}) (Wu et al. 2018).",
+        "- Rows of one recipe made by different code revisions are separate configurations "
+        "(\"recipe @ commit\" where a recipe has several): a recipe or a baseline changed "
+        "between them (e.g. the random-init control before and after 2026-12-03).",
         "- When an evaluation was recorded more than once, the last row of runs.csv counts. "
         "Rows recorded before runs.csv had a data set and seed show them as unrecorded.",
     ]
