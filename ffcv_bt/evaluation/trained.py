@@ -240,6 +240,10 @@ class Evaluation:
         return [cosine_epoch_lr(int(epoch), self.settings.epochs, g["base_lr"])
                 for g in self.optimizer.param_groups]
 
+    def set_learning_rates(self, epoch: float) -> None:
+        for group, lr in zip(self.optimizer.param_groups, self.learning_rates(epoch)):
+            group["lr"] = lr
+
     def criterion(self) -> nn.Module:
         return nn.CrossEntropyLoss()
 
@@ -250,7 +254,8 @@ class Evaluation:
         if self.frozen:
             self.model.backbone.eval()  # BN statistics never move
         criterion = self.criterion()
-        steps = max(len(self.train_loader), 1)
+        self.set_learning_rates(self.epoch)  # the epoch's rates, before its first batch
+        steps = max(len(self.train_loader), 1) if hasattr(self.train_loader, "__len__") else 1
         # losses stay on the device (no host sync per step); the epoch's non-finite flag is
         # combined over ranks before anyone raises, so no rank is left waiting in a collective
         total = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -259,8 +264,7 @@ class Evaluation:
         bar = tqdm(self.train_loader, disable=not self.dist.is_main, leave=False,
                    desc=f"{s.protocol} epoch {self.epoch + 1}/{s.epochs}")
         for step, (images, labels) in enumerate(bar):
-            for group, lr in zip(self.optimizer.param_groups, self.learning_rates(self.epoch + step / steps)):
-                group["lr"] = lr
+            self.set_learning_rates(self.epoch + step / steps)
             if self.frozen:
                 with torch.no_grad(), torch.autocast(self.device.type,
                                                      dtype=self.amp_dtype or torch.float32,
