@@ -134,11 +134,11 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
         raise RunFolderError(f"{pretrain_file} not found: evaluations need a finished "
                              f"pretraining stage in this run folder (add 'pretrain' to --stages)")
 
-    supervised_path = run_dir / "supervised" / f"{arch}.pth"
-    supervised_hours = 0.0
+    supervised_path, supervised_hours = None, 0.0
     if any(kind == "supervised" for _, _, kind in evaluations):
-        from ffcv_bt.train.supervised import train_supervised
+        from ffcv_bt.train.supervised import SupervisedTraining, train_supervised
 
+        supervised_path = SupervisedTraining.backbone_path(run_dir / "supervised", recipe)
         start = time.time()
         result = train_supervised(recipe, run_dir / "supervised", dist)
         supervised_hours = result["device_hours"]

@@ -83,6 +83,9 @@ class NoBatches:
     def __iter__(self):
         return iter(())
 
+    def __len__(self) -> int:
+        return 0
+
 
 def test_semi_supervised_learning_rates_per_group_and_epoch(semi_evaluation: Evaluation) -> None:
     ev = semi_evaluation

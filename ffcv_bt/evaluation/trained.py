@@ -255,7 +255,7 @@ class Evaluation:
             self.model.backbone.eval()  # BN statistics never move
         criterion = self.criterion()
         self.set_learning_rates(self.epoch)  # the epoch's rates, before its first batch
-        steps = max(len(self.train_loader), 1) if hasattr(self.train_loader, "__len__") else 1
+        steps = max(len(self.train_loader), 1)
         # losses stay on the device (no host sync per step); the epoch's non-finite flag is
         # combined over ranks before anyone raises, so no rank is left waiting in a collective
         total = torch.zeros((), dtype=torch.float64, device=self.device)

@@ -36,7 +36,7 @@ def triangular_lr(epoch: float, peak_epoch: float, epochs: int, peak_lr: float) 
     return float(np.interp(epoch, [0.0, peak_epoch, float(epochs)], [0.0, peak_lr, 0.0]))
 
 
-def no_decay(name: str, param: torch.Tensor) -> bool:
+def no_decay(param: torch.Tensor) -> bool:
     """BatchNorm weights and every bias: no weight decay (ffcv-imagenet's ``bn_wd: 0``)."""
     return param.ndim <= 1
 
@@ -50,8 +50,8 @@ class SupervisedTraining(Evaluation):
     def create_optimizer(self) -> torch.optim.SGD:
         s = self.settings
         decay, plain = [], []
-        for name, param in self.model.named_parameters():
-            (plain if no_decay(name, param) else decay).append(param)
+        for param in self.model.parameters():
+            (plain if no_decay(param) else decay).append(param)
         groups = [{"params": decay, "weight_decay": s.weight_decay, "base_lr": s.lr_classifier},
                   {"params": plain, "weight_decay": 0.0, "base_lr": s.lr_classifier}]
         return torch.optim.SGD(groups, lr=s.lr_classifier, momentum=s.momentum)
@@ -70,12 +70,11 @@ class SupervisedTraining(Evaluation):
 
     def result(self) -> dict[str, Any]:
         """The result of the classifier on val, and the backbone saved as ``<arch>.pth``."""
+        path = self.backbone_path(self.out_dir, self.recipe)
         if self.dist.is_main:
-            atomic_torch_save(self.backbone_path(self.out_dir, self.recipe), self.model.backbone.state_dict())
-        result = super().result()
-        result.update({"backbone": "supervised", "checkpoint": str(self.backbone_path(self.out_dir, self.recipe)),
-                       "checkpoint_sha256": None})
-        return result
+            atomic_torch_save(path, self.model.backbone.state_dict())
+        return {**super().result(), "backbone": "supervised", "checkpoint": str(path),
+                "checkpoint_sha256": None}
 
     @staticmethod
     def backbone_path(out_dir: str | Path, recipe: Recipe) -> Path:
