@@ -15,7 +15,7 @@ Example (rules/sweeps/demo-frontier.yaml)::
     stages: pretrain,knn,linear
     epochs: [2, 4, 8, 16, 32]
     warmup_fraction: 0.1          # optim.warmup_epochs = fraction x epochs (optional)
-    controls: first               # random-init controls and the pixel floor on the first point only
+    controls: first               # controls and pixel floor: first | each-lever | every-point
     levers:
       fixed-32px: {}
       ramp-16-32px:
@@ -38,6 +38,9 @@ from ffcv_bt.errors import ConfigError
 SWEEP_KEYS = {"recipe", "seeds", "stages", "epochs", "warmup_fraction", "controls", "levers",
               "overrides"}
 LEVER_KEYS = {"overrides", "ramp", "epochs"}
+# where the random-init controls and the pixel floor are evaluated: the sweep's first point,
+# the first point of each lever (levers that change the network need their own control), or all
+CONTROLS = ("first", "each-lever", "every-point")
 
 
 @dataclass(frozen=True)
@@ -114,9 +117,16 @@ def load_sweep(path: str | Path) -> Sweep:
     # epochs first: a sweep cut short still holds every lever at the smaller budgets
     order = {e: i for i, e in enumerate(sorted({p.epochs for p in points}))}
     points.sort(key=lambda p: order[p.epochs])
-    if spec.get("controls", "first") == "first":
-        points = [SweepPoint(p.lever, p.epochs, {**p.overrides, "eval.control": str(i == 0).lower()})
-                  for i, p in enumerate(points)]
+    controls = spec.get("controls", "first")
+    _expect(controls in CONTROLS, path, f"controls: one of {CONTROLS}, got {controls!r}")
+    if controls != "every-point":
+        seen: set[str] = set()
+        marked = []
+        for i, p in enumerate(points):
+            first = i == 0 if controls == "first" else p.lever not in seen
+            seen.add(p.lever)
+            marked.append(SweepPoint(p.lever, p.epochs, {**p.overrides, "eval.control": str(first).lower()}))
+        points = marked
     sweep = Sweep(path.stem, recipe, seeds, str(spec.get("stages", "pretrain,knn,linear")), points)
     for point in sweep.points:  # every point's recipe is valid before the first step
         load_recipe(recipe, {**point.overrides, "run.stages": sweep.stages})

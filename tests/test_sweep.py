@@ -47,6 +47,14 @@ def test_sweep_points_are_checked_and_ordered(tiny_dataset: Path, tmp_path: Path
     assert [(p.lever, p.epochs) for p in sweep.points] == [("ramp", 1), ("ramp", 2)]
     assert sweep.points[1].overrides["resolution.end_ramp"] == "2"
     assert [p.overrides["eval.control"] for p in sweep.points] == ["true", "false"]
+    two_levers = TWO_POINTS.replace("controls: first", "controls: each-lever") + "  fixed: {}\n"
+    sweep = load_sweep(write_sweep(tmp_path, tiny_dataset, two_levers))
+    assert [(p.lever, p.epochs, p.overrides["eval.control"]) for p in sweep.points] == [
+        ("ramp", 1, "true"), ("fixed", 1, "true"), ("ramp", 2, "false"), ("fixed", 2, "false")]
+    sweep = load_sweep(write_sweep(tmp_path, tiny_dataset, two_levers.replace("each-lever", "every-point")))
+    assert all("eval.control" not in p.overrides for p in sweep.points)  # the recipe's own (true)
+    with pytest.raises(ConfigError, match="controls: one of"):
+        load_sweep(write_sweep(tmp_path, tiny_dataset, TWO_POINTS.replace("first", "each")))
     bad = write_sweep(tmp_path, tiny_dataset, TWO_POINTS.replace("epochs: [1, 2]", "epoch: [1]"))
     with pytest.raises(ConfigError, match="tiny-sweep.yaml.*unknown key"):
         load_sweep(bad)
