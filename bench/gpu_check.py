@@ -184,8 +184,9 @@ def step_harness(model: torch.nn.Module, wrapped: torch.nn.Module, device: torch
     """What ``ffcv_bt.train.pretrain.barlow_step`` takes, bundled (see project_step)."""
     from ffcv_bt.method.lars import LARS, param_groups_for_lars, set_learning_rates
 
-    opt = LARS(param_groups_for_lars(model), lr=0.0, weight_decay=1e-6, momentum=0.9, eta=0.001)
-    set_learning_rates(opt, batch / 256, OPTIM["lr_weights"], OPTIM["lr_biases"])  # the peak (after warmup)
+    opt = LARS(param_groups_for_lars(model), lr=0.0, weight_decay=OPTIM.weight_decay,
+                momentum=OPTIM.momentum, eta=OPTIM.eta)
+    set_learning_rates(opt, batch / 256, OPTIM.lr_weights, OPTIM.lr_biases)  # the peak (after warmup)
     dtype = DTYPES[precision] if device.type == "cuda" else None
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     return SimpleNamespace(recipe={"loss": LOSS}, device=device, amp_dtype=dtype,
@@ -367,7 +368,7 @@ def ddp_worker(config: dict[str, Any]) -> None:
             make_pretrain_loader,
         )
 
-        aug = AugmentationParams.from_config(load_recipe(BASE_RECIPE)["aug"])
+        aug = AugmentationParams.from_config(load_recipe(BASE_RECIPE).aug)
         workers = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         loader = make_pretrain_loader(config["beton"], config["batch"], workers, aug, config["res"],
                                       seed=0, device=device, distributed=True,
@@ -413,7 +414,7 @@ def project_step(harness: SimpleNamespace, view1: torch.Tensor, view2: torch.Ten
     from ffcv_bt.train.step import barlow_step
 
     return barlow_step(harness.ddp_model, harness.optimizer, harness.scaler, harness.amp_dtype,
-                       harness.recipe["loss"], view1, view2)
+                       harness.recipe.loss, view1, view2)
 
 
 def torchrun_check(plan: Plan, best: dict[str, Any], beton: Path, work: Path) -> dict[str, Any]:
@@ -483,7 +484,7 @@ def device_augment_check(beton: Path, device: torch.device, resolutions: list[in
     from ffcv_bt.data.normalize import IMAGENET_STD
     from ffcv_bt.data.pretrain_loader import AugmentationParams, make_pretrain_loader
 
-    aug = AugmentationParams.from_config(load_recipe(BASE_RECIPE)["aug"])
+    aug = AugmentationParams.from_config(load_recipe(BASE_RECIPE).aug)
     common = dict(batch_size_per_rank=batch, num_workers=workers, aug=aug,
                   res=resolutions[0], seed=0, device=device, order="sequential")
     numba_path = make_pretrain_loader(beton, augment_on="cpu", **common)
@@ -585,7 +586,7 @@ def checkpoint_check(plan: Plan, device: torch.device, data_dir: Path, work: Pat
               default=math.inf)
     exact = device.type == "cpu"
     tolerance = 0.0 if exact else 2e-2
-    record = {"precision": recipe["train"]["precision"], "resumed_at_epoch_step": list(resumed_at),
+    record = {"precision": recipe.train.precision, "resumed_at_epoch_step": list(resumed_at),
               "epoch0_losses": _log_losses(run_a, 0), "losses_uninterrupted": uninterrupted,
               "losses_resumed": resumed, "max_relative_difference": rel,
               "max_weight_difference": weight_diff, "tolerance": tolerance,
@@ -672,9 +673,8 @@ def linear_probe_check(plan: Plan, device: torch.device, data_dir: Path, work: P
 
 # ----- torch-only phases (no ffcv needed) ------------------------------------------------------
 def ffcv_status() -> tuple[bool, str]:
-    """Whether the loader phases can run: ffcv and fastargs import (else why not)."""
+    """Whether the loader phases can run: ffcv imports (else why not)."""
     try:
-        import fastargs  # noqa: F401
         import ffcv  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any import failure means: skip the loader phases
         return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"

@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     from ffcv_bt.config import RULES_DIR, load_recipe
     from ffcv_bt.data.pretrain_loader import AugmentationParams, make_pretrain_loader
 
-    reference_aug = AugmentationParams.from_config(load_recipe(RULES_DIR / "base.yaml")["aug"])
+    reference_aug = AugmentationParams.from_config(load_recipe(RULES_DIR / "base.yaml").aug)
     common = dict(batch_size_per_rank=args.batch_size, num_workers=args.workers,
                   aug=reference_aug, res=args.res, seed=0, device="cpu")
     ours = make_pretrain_loader(beton, **common)  # per-view ops fused (ffcv_bt/augment/fused.py)

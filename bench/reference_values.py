@@ -1,12 +1,10 @@
-"""The reference recipe's values for the bench scripts, read from rules/base.yaml with plain
-YAML (no fastargs: bench/gpu_check.py runs on nodes without it), so each is stated once."""
+"""The reference recipe (rules/base.yaml) for the bench scripts, loaded like any recipe, so
+that each value is stated once."""
 from __future__ import annotations
 
-from pathlib import Path
+from ffcv_bt.config import Section, load_recipe
+from ffcv_bt.paths import RULES_DIR
 
-import yaml
-
-BASE_RECIPE = Path(__file__).resolve().parent.parent / "rules" / "base.yaml"
-REFERENCE = yaml.safe_load(BASE_RECIPE.read_text())
-LAMBD: float = REFERENCE["loss"]["lambd"]
-OPTIM: dict = REFERENCE["optim"]
+REFERENCE = load_recipe(RULES_DIR / "base.yaml")
+LAMBD: float = REFERENCE.loss.lambd
+OPTIM: Section = REFERENCE.optim

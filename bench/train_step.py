@@ -80,9 +80,9 @@ def build(args: argparse.Namespace, device: torch.device, reference: bool) -> Ca
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     groups = param_groups_for_lars(model)
-    opt = (PerParameterLARS if reference else LARS)(groups, lr=0.0, weight_decay=1e-6,
-                                                     momentum=0.9, eta=0.001)
-    set_learning_rates(opt, args.batch / 256, OPTIM["lr_weights"], OPTIM["lr_biases"])
+    opt = (PerParameterLARS if reference else LARS)(groups, lr=0.0, weight_decay=OPTIM.weight_decay,
+                                                     momentum=OPTIM.momentum, eta=OPTIM.eta)
+    set_learning_rates(opt, args.batch / 256, OPTIM.lr_weights, OPTIM.lr_biases)
     dtype = autocast_dtype(args.precision, device)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     g = torch.Generator().manual_seed(1)

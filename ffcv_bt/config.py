@@ -6,8 +6,8 @@ differs. Evaluation settings (sections ``linear`` and ``semi``) are the fixed ru
 benchmark: they come from a protocol file, ``rules/protocols/<eval.protocol>.yaml``, and a
 recipe may not set them; to change them, a recipe names another protocol.
 
-ffcv_bt.params declares the parameters (type, help, range); the checks here are stricter than
-fastargs' own: an unknown section or key, a value of the wrong type (``1.5`` for an int,
+ffcv_bt.params declares the parameters (type, help, range), and YAML is read only here
+(recipes, protocols, sweep files). An unknown section or key, a value of the wrong type (``1.5`` for an int,
 ``"yes please"`` for a bool) or out of range raises :class:`ConfigError` naming the file,
 the key and what is allowed, before any work starts.
 """
@@ -15,35 +15,85 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from fastargs import Param
 
 from ffcv_bt.errors import ConfigError
-from ffcv_bt.params import ALL_STAGES, DECLARED, PROTOCOL_SECTIONS, RUN_CONTROL_SECTIONS
+from ffcv_bt.params import ALL_STAGES, PROTOCOL_SECTIONS, RUN_CONTROL_SECTIONS, SCHEMA, Param
 from ffcv_bt.paths import REPO_ROOT, RULES_DIR  # noqa: F401 - re-exported
 
 
-@dataclass
+class Section(Mapping[str, Any]):
+    """One section of a recipe, read-only: ``recipe.optim.epochs`` (or ``dict(recipe.optim)``)."""
+
+    __slots__ = ("_name", "_values")
+
+    def __init__(self, name: str, values: dict[str, Any]) -> None:
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_values", values)
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("__"):
+            raise AttributeError(key)
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"recipe section '{self._name}' has no key '{key}'; it has "
+                                 f"{', '.join(self._values)}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"a recipe is read-only ({self._name}.{key}): load it with overrides")
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Section({self._name}, {self._values!r})"
+
+
+@dataclass(frozen=True)
 class Recipe:
-    """A resolved configuration: every parameter of every section, plus its provenance."""
+    """A resolved, checked, read-only configuration: ``recipe.<section>.<key>`` for every
+    declared parameter (typed as params.py declares it), plus its provenance."""
 
     name: str
-    values: dict[str, dict[str, Any]]
+    _values: dict[str, dict[str, Any]]
     files: list[str] = field(default_factory=list)
     protocol_file: str = ""
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    def __getitem__(self, section: str) -> dict[str, Any]:
-        return self.values[section]
+    def __getattr__(self, section: str) -> Section:
+        if section.startswith("_"):
+            raise AttributeError(section)
+        values = object.__getattribute__(self, "_values")
+        if section not in values:
+            raise AttributeError(f"a recipe has no section '{section}'; sections: "
+                                 f"{', '.join(values)}")
+        return Section(section, values[section])
+
+    @property
+    def values(self) -> dict[str, dict[str, Any]]:
+        """A copy of every section's values (JSON- and YAML-ready)."""
+        return copy.deepcopy(self._values)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
+        """The same recipe files loaded again with more ``section.key`` overrides (checked)."""
+        return load_recipe(self.files[-1], {**self.overrides, **overrides})
 
     @property
     def configuration(self) -> dict[str, dict[str, Any]]:
         """The values that determine the results: all but RUN_CONTROL_SECTIONS."""
-        return {s: v for s, v in self.values.items() if s not in RUN_CONTROL_SECTIONS}
+        return {s: dict(v) for s, v in self._values.items() if s not in RUN_CONTROL_SECTIONS}
 
     def differences(self, other: dict[str, dict[str, Any]]) -> list[str]:
         """``section.key: theirs -> ours`` for every result-determining value that differs
@@ -59,12 +109,12 @@ class Recipe:
     @property
     def seeds(self) -> list[int]:
         """run.seeds as ints, or [train.seed] when it is empty."""
-        listed = [int(x) for x in self["run"]["seeds"].split(",") if x.strip()]
-        return listed or [self["train"]["seed"]]
+        listed = [int(x) for x in self.run.seeds.split(",") if x.strip()]
+        return listed or [self.train.seed]
 
     @property
     def stages(self) -> list[str]:
-        return [s.strip() for s in self["run"]["stages"].split(",") if s.strip()]
+        return [s.strip() for s in self.run.stages.split(",") if s.strip()]
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "files": self.files, "protocol_file": self.protocol_file,
@@ -77,10 +127,7 @@ class Recipe:
 
 def sections() -> dict[str, dict[str, Param]]:
     """Declared sections -> {key: Param}."""
-    out: dict[str, dict[str, Param]] = {}
-    for path, param in DECLARED.entries.items():
-        out.setdefault(path[0], {})[path[1]] = param
-    return out
+    return {name: spec.params for name, spec in SCHEMA.items()}
 
 
 def _coerce(kind: type, value: Any) -> Any:
@@ -128,24 +175,41 @@ def check_value(section: str, key: str, value: Any, where: str) -> Any:
                           f"'{section}': {', '.join(sorted(declared[section]))}")
     param = declared[section][key]
     try:
-        converted = _coerce(param.kind, value)
-        return param.checker.check(converted)
+        return param.check(_coerce(param.kind, value))
     except (TypeError, ValueError) as exc:
         detail = f" ({exc})" if str(exc) else ""
         raise ConfigError(f"{where}: bad value {value!r} for '{section}.{key}'{detail}; "
-                          f"allowed: {param.checker.help()}") from None
+                          f"allowed: {param.help()}") from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, what: str = "recipe") -> dict[str, Any]:
+    """A YAML file that must hold a mapping (a recipe, protocol or sweep file); ConfigError
+    naming the file otherwise."""
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: recipe file not found")
+        raise ConfigError(f"{path}: {what} file not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of sections")
+        raise ConfigError(f"{path}: a {what} file must be a mapping")
     return data
+
+
+def protocol_values(name: str) -> dict[str, dict[str, Any]]:
+    """The evaluation settings of ``rules/protocols/<name>.yaml``, checked."""
+    path = RULES_DIR / "protocols" / f"{name}.yaml"
+    data = read_yaml(path, "protocol")
+    unknown = set(data) - set(PROTOCOL_SECTIONS)
+    if unknown:
+        raise ConfigError(f"{path}: a protocol may only set {PROTOCOL_SECTIONS}, "
+                          f"found {sorted(unknown)}")
+    for section, entries in data.items():
+        if not isinstance(entries, dict):
+            raise ConfigError(f"{path}: section '{section}' must be a mapping of keys")
+    return {section: {key: check_value(section, key, value, str(path)) for key, value in entries.items()}
+            for section, entries in data.items()}
 
 
 def _layer_files(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
@@ -153,7 +217,7 @@ def _layer_files(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, di
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"{path}: 'extends' cycle through {', '.join(map(str, seen))}")
-    data = _read_yaml(path)
+    data = read_yaml(path)
     parent = data.pop("extends", None)
     chain = []
     if parent is not None:
@@ -221,12 +285,8 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
         available = sorted(p.stem for p in (RULES_DIR / "protocols").glob("*.yaml"))
         raise ConfigError(f"{chain[-1][0]}: eval.protocol '{values['eval']['protocol']}' has no "
                           f"file {protocol_file}; available: {', '.join(available)}")
-    protocol = _read_yaml(protocol_file)
-    unknown = set(protocol) - set(PROTOCOL_SECTIONS)
-    if unknown:
-        raise ConfigError(f"{protocol_file}: a protocol may only set {PROTOCOL_SECTIONS}, "
-                          f"found {sorted(unknown)}")
-    _apply(values, protocol, protocol_file, allow_protocol=True)
+    for section, entries in protocol_values(values["eval"]["protocol"]).items():
+        values[section].update(entries)
 
     for dotted, value in overrides.items():
         if "." not in dotted:
@@ -241,10 +301,7 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
                                   f"rules/base.yaml, which states every key "
                                   f"({declared[section][key].desc})")
     _check_consistency(values, path)
-    # Hand the values to fastargs too, so @param-style code sees the same configuration.
-    DECLARED.content.clear()
-    DECLARED.collect(copy.deepcopy(values))
-    return Recipe(name=path.stem, values=values, files=[str(f) for f, _ in chain],
+    return Recipe(name=path.stem, _values=values, files=[str(f) for f, _ in chain],
                   protocol_file=str(protocol_file), overrides=overrides)
 
 
@@ -286,10 +343,10 @@ def describe() -> str:
     base = load_recipe(RULES_DIR / "base.yaml")
     lines = []
     for section, params in sections().items():
-        lines.append(f"[{section}] {DECLARED.sections[(section,)].desc}")
+        lines.append(f"[{section}] {SCHEMA[section].desc}")
         for key, param in params.items():
-            lines.append(f"  {section}.{key} = {base[section][key]!r}: {param.desc} "
-                         f"({param.checker.help()})")
+            lines.append(f"  {section}.{key} = {getattr(getattr(base, section), key)!r}: {param.desc} "
+                         f"({param.help()})")
     return "\n".join(lines)
 
 

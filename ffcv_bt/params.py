@@ -1,30 +1,82 @@
-"""Every configuration section and parameter, declared once with fastargs: type, help
-and allowed values. No defaults here: rules/base.yaml states every value of the reference
-recipe and the protocol files (rules/protocols/) every evaluation setting. Loading and
-checking recipes is ffcv_bt.config.
+"""Every configuration section and parameter, declared once: type, help and allowed values.
+
+This is the only schema. No defaults here: rules/base.yaml states every value of the
+reference recipe and the protocol files (rules/protocols/) every evaluation setting.
+Loading and checking recipes against it is ffcv_bt.config.
 """
 from __future__ import annotations
 
-from fastargs import Config as FastargsConfig
-from fastargs import Param, Section
-from fastargs.validation import And, Checker, InRange, OneOf
+from dataclasses import dataclass
+from typing import Any
 
 PROTOCOL_SECTIONS = ("linear", "semi", "knn")
 
-DECLARED = FastargsConfig()
+
+@dataclass(frozen=True)
+class InRange:
+    """Allowed: low <= value <= high."""
+
+    low: float
+    high: float
+
+    def allows(self, value: Any) -> bool:
+        return self.low <= value <= self.high
+
+    def help(self) -> str:
+        return f"between {self.low} and {self.high}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """Allowed: one of ``choices``."""
+
+    choices: tuple[str, ...]
+
+    def allows(self, value: Any) -> bool:
+        return value in self.choices
+
+    def help(self) -> str:
+        return f"one of [{', '.join(self.choices)}]"
+
+
+KIND_NAMES = {int: "an int", float: "a float", bool: "a boolean", str: "a string"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: its type (checked strictly by ffcv_bt.config), help and allowed values.
+    No default: rules/base.yaml (and the protocol files) state every value once; a recipe
+    that does not extend base.yaml must set them all."""
+
+    kind: type
+    desc: str
+    constraint: InRange | OneOf | None = None
+
+    def check(self, value: Any) -> Any:
+        """``value`` (already of ``kind``) if allowed, else ValueError."""
+        if self.constraint is not None and not self.constraint.allows(value):
+            raise ValueError()
+        return value
+
+    def help(self) -> str:
+        return KIND_NAMES[self.kind] + (f" and {self.constraint.help()}" if self.constraint else "")
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    desc: str
+    params: dict[str, Param]
+
+
+SCHEMA: dict[str, SectionSpec] = {}
 
 
 def _section(name: str, desc: str, **params: Param) -> None:
-    Section(name, desc, config_descriptor=DECLARED).params(**params)
+    SCHEMA[name] = SectionSpec(desc, params)
 
 
-def _p(kind: type, desc: str, check: Checker | None = None) -> Param:
-    """A parameter without a default: rules/base.yaml (and the protocol files) state every
-    value once; a recipe that does not extend base.yaml must set them all."""
-    checker = And(kind, check) if check is not None else kind
-    param = Param(checker, desc, required=True)
-    param.kind = kind  # the strict type we enforce before fastargs' lenient checker
-    return param
+def _p(kind: type, desc: str, constraint: InRange | OneOf | None = None) -> Param:
+    return Param(kind, desc, constraint)
 
 
 def _prob(desc: str) -> Param:
@@ -36,7 +88,7 @@ _section(
     dir=_p(str, "folder with train.beton, val.beton, manifest.json and the label subsets"),
     num_workers=_p(int, "FFCV loader worker threads per process", InRange(1, 256)),
     in_memory=_p(bool, "read the .beton into RAM (True) or page it from disk (False)"),
-    order=_p(str, "sample order of training loaders", OneOf(["random", "quasi_random"])),
+    order=_p(str, "sample order of training loaders", OneOf(("random", "quasi_random"))),
 )
 _section(
     "resolution", "Progressive training resolution (FFCV ImageNet schedule)",
@@ -67,12 +119,12 @@ _section(
     solarize_threshold=_p(int, "solarize pixels at or above this value", InRange(0, 256)),
     device=_p(str, "where jitter, grayscale, blur and solarize run: cpu (numba, in the loader "
               "workers) or gpu (batched torch ops on the training device, same draws)",
-              OneOf(["cpu", "gpu"])),
+              OneOf(("cpu", "gpu"))),
 )
 _section(
     "model", "Backbone and projector",
     arch=_p(str, "torchvision ResNet",
-            OneOf(["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"])),
+            OneOf(("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"))),
     width=_p(int, "channels of the first stage (64 = torchvision)", InRange(1, 1024)),
     small_stem=_p(bool, "3x3 stride-1 stem without max-pool, for 28-64 px images"),
     zero_init_residual=_p(bool, "zero the last BN of each residual block"),
@@ -83,7 +135,7 @@ _section(
     lambd=_p(float, "weight of the off-diagonal terms", InRange(0.0, 1.0)),
     scale_loss=_p(float, "multiplier of the loss (original runs: 0.024)", InRange(1e-6, 1e6)),
     formulation=_p(str, "cross: d x d matrix; gram: N x N Gram matrices; auto: by shape",
-                   OneOf(["auto", "cross", "gram"])),
+                   OneOf(("auto", "cross", "gram"))),
 )
 _section(
     "optim", "LARS and the learning-rate schedule",
@@ -101,7 +153,7 @@ _section(
     "train", "The pretraining loop",
     seed=_p(int, "seed of weights, data order and augmentations", InRange(0, 2**31 - 1)),
     precision=_p(str, "auto: bf16 on GPUs that have it, else fp16 with a GradScaler; fp32 on CPU",
-                 OneOf(["auto", "bf16", "fp16", "fp32"])),
+                 OneOf(("auto", "bf16", "fp16", "fp32"))),
     channels_last=_p(bool, "channels_last memory format (GPU only)"),
     compile=_p(bool, "torch.compile the model"),
     log_every=_p(int, "JSON-lines log every N steps", InRange(1, 10**9)),
@@ -153,7 +205,7 @@ _section(
     res=_p(int, "crop size for train and val", InRange(8, 1024)),
     resize=_p(int, "val resize before the centre crop", InRange(8, 2048)),
     precision=_p(str, "frozen forward pass precision (speed path; classifier stays fp32)",
-                 OneOf(["auto", "bf16", "fp16", "fp32"])),
+                 OneOf(("auto", "bf16", "fp16", "fp32"))),
 )
 _section(
     "semi", "Semi-supervised fine-tuning on 1% / 10% of labels (protocol, not recipe)",

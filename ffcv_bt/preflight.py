@@ -22,7 +22,7 @@ from ffcv_bt.errors import DataError, RunFolderError
 
 def check_data(recipe: Recipe) -> Manifest:
     """The data folder as every stage of ``recipe`` will read it; returns its manifest."""
-    data_dir = Path(recipe["data"]["dir"])
+    data_dir = Path(recipe.data.dir)
     manifest = Manifest.read(data_dir)
     sizes = {}
     for split in ("train", "val"):

@@ -74,11 +74,11 @@ def _evaluations(recipe: Recipe) -> list[tuple[str, str, str]]:
         if stage == "pretrain":
             continue
         out.append((stage, stage, "pretrained"))
-        if recipe["eval"]["supervised"]:
+        if recipe.eval.supervised:
             out.append((f"{stage}-supervised", stage, "supervised"))
-        if recipe["eval"]["control"]:
+        if recipe.eval.control:
             out.append((f"{stage}-random", stage, "random"))
-        if stage == "knn" and recipe["knn"]["pixel_floor"] and recipe["eval"]["control"]:
+        if stage == "knn" and recipe.knn.pixel_floor and recipe.eval.control:
             out.append(("knn-pixels", stage, "pixels"))
     return out
 
@@ -115,7 +115,7 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
     if dist.is_main:
         atomic_write_text(run_dir / "config.yaml", recipe.to_yaml())
     save()
-    arch = recipe["model"]["arch"]
+    arch = recipe.model.arch
     backbone_path = run_dir / "pretrain" / f"{arch}.pth"
     evaluations = _evaluations(recipe)
     if "pretrain" in recipe.stages:
@@ -147,7 +147,7 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
              "wall_seconds_this_call": time.time() - start, "result": result})
         save()
 
-    dataset = Manifest.read(recipe["data"]["dir"]).dataset_fields()
+    dataset = Manifest.read(recipe.data.dir).dataset_fields()
     epoch_equivalents = pretrain_cost_factor(recipe)
     rows = []
     for key, protocol, kind in evaluations:
@@ -161,8 +161,8 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
         stage.setdefault("wall_seconds_this_call", time.time() - start)
         row = evaluation_row(
             run_id=meta["run_id"], recipe=recipe.name, dataset=dataset,
-            seed=recipe["train"]["seed"], protocol=protocol, backbone=kind,
-            epochs=recipe["optim"]["epochs"] if trained else 0, result=result,
+            seed=recipe.train.seed, protocol=protocol, backbone=kind,
+            epochs=recipe.optim.epochs if trained else 0, result=result,
             pretrain_gpu_hours={"pretrained": pretrain_hours, "supervised": supervised_hours}.get(kind, 0.0),
             pretrain_epoch_equivalents=epoch_equivalents if trained else 0.0,
             device=meta["device"], n_devices=meta["n_devices"],
@@ -235,7 +235,7 @@ def find_resumable(runs_dir: Path, recipe: Recipe) -> Path | None:
 
 
 def choose_run_dir(args: argparse.Namespace, recipe: Recipe, several_seeds: bool) -> Path:
-    seed = recipe["train"]["seed"]
+    seed = recipe.train.seed
     if args.out:
         return Path(args.out) / f"seed-{seed}" if several_seeds else Path(args.out)
     runs_dir = Path(args.results_dir) / "runs"

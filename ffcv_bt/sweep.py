@@ -30,9 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
-from ffcv_bt.config import load_recipe
+from ffcv_bt.config import load_recipe, read_yaml
 from ffcv_bt.errors import ConfigError
 
 SWEEP_KEYS = {"recipe", "seeds", "stages", "epochs", "warmup_fraction", "controls", "levers",
@@ -77,10 +75,7 @@ def load_sweep(path: str | Path) -> Sweep:
     """Read and check a sweep file (every key and the base recipe with each point's
     overrides) before anything runs; ConfigError names the file and key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} not found")
-    spec = yaml.safe_load(path.read_text()) or {}
-    _expect(isinstance(spec, dict), path, "a sweep file is a mapping")
+    spec = read_yaml(path, "sweep")
     unknown = set(spec) - SWEEP_KEYS
     _expect(not unknown, path, f"unknown key(s) {sorted(unknown)}; allowed {sorted(SWEEP_KEYS)}")
     for key in ("recipe", "levers", "epochs"):

@@ -48,7 +48,7 @@ def loader_ops(layout: str) -> dict[type, list]:
     """op type -> [op for view 1, op for view 2], and the view index of each in its op,
     as the loader builds them in the decode-once layout or the stock two-pipeline one."""
     seed = EpochSeed(SEED)
-    aug = AugmentationParams.from_config(load_recipe(RULES_DIR / "base.yaml")["aug"])
+    aug = AugmentationParams.from_config(load_recipe(RULES_DIR / "base.yaml").aug)
     if layout == "decode_once":
         pipelines = [(view_transforms(aug, seed, slice(0, 2)), (0, 1))]
     else:

@@ -21,31 +21,31 @@ def test_every_recipe_loads(path: Path) -> None:
 
 def test_1000ep_is_the_reference_recipe() -> None:
     r = load_recipe(RULES_DIR / "1000ep.yaml")
-    assert r["model"]["arch"] == "resnet50" and r["model"]["projector"] == "8192-8192-8192"
-    assert r["model"]["zero_init_residual"] is True
-    assert r["loss"]["lambd"] == 0.0051
-    o = r["optim"]
+    assert r.model.arch == "resnet50" and r.model.projector == "8192-8192-8192"
+    assert r.model.zero_init_residual is True
+    assert r.loss.lambd == 0.0051
+    o = r.optim
     # the first release: one learning rate, loss scale 0.024 / 16 GPUs
     assert (o["batch_size"], o["epochs"], o["lr_weights"], o["lr_biases"]) == (2048, 1000, 0.2, 0.2)
-    assert r["loss"]["scale_loss"] == 0.0015
+    assert r.loss.scale_loss == 0.0015
     assert (o["weight_decay"], o["momentum"], o["eta"], o["warmup_epochs"], o["final_lr_ratio"]) == \
         (1e-6, 0.9, 0.001, 10.0, 0.001)
-    a = r["aug"]
+    a = r.aug
     assert (a["blur_p1"], a["blur_p2"], a["solarize_p1"], a["solarize_p2"]) == (1.0, 0.1, 0.0, 0.2)
     assert (a["brightness"], a["contrast"], a["saturation"], a["hue"], a["jitter_p"],
             a["grayscale_p"], a["scale_min"]) == (0.4, 0.4, 0.2, 0.1, 0.8, 0.2, 0.08)
-    assert r["resolution"]["min_res"] == r["resolution"]["max_res"] == 224
-    assert r["linear"]["epochs"] == 100 and r["linear"]["batch_size"] == 256
-    assert r["semi"]["epochs"] == 20 and r["semi"]["weight_decay"] == 0.0
-    assert (r["linear"]["lr"], r["semi"]["lr_backbone"], r["semi"]["lr_classifier"]) == \
+    assert r.resolution.min_res == r.resolution.max_res == 224
+    assert r.linear.epochs == 100 and r.linear.batch_size == 256
+    assert r.semi.epochs == 20 and r.semi.weight_decay == 0.0
+    assert (r.linear.lr, r.semi.lr_backbone, r.semi.lr_classifier) == \
         (0.1, 0.002, 0.5)
 
 
 def test_release2_recipe_and_protocol() -> None:
     r = load_recipe(RULES_DIR / "1000ep-release2.yaml")
-    assert (r["loss"]["scale_loss"], r["optim"]["lr_weights"], r["optim"]["lr_biases"]) == \
+    assert (r.loss.scale_loss, r.optim.lr_weights, r.optim.lr_biases) == \
         (0.0625, 0.2, 0.0048)
-    assert (r["linear"]["lr"], r["semi"]["lr_backbone"], r["semi"]["lr_classifier"]) == \
+    assert (r.linear.lr, r.semi.lr_backbone, r.semi.lr_classifier) == \
         (0.3, 0.005, 0.5)
 
 
@@ -62,9 +62,9 @@ def test_layering_and_overrides(tmp_path: Path) -> None:
     base = _write(tmp_path, "data:\n  dir: x\noptim:\n  epochs: 7\n  batch_size: 64\n", "b.yaml")
     child = _write(tmp_path, f"extends: {base.name}\noptim:\n  epochs: 9\n")
     r = load_recipe(child, parse_overrides(["--optim.lr_weights=0.5", "--train.seed", "3"]))
-    assert r["optim"]["epochs"] == 9 and r["optim"]["batch_size"] == 64
-    assert r["optim"]["lr_weights"] == 0.5 and r["train"]["seed"] == 3
-    assert r["data"]["dir"] == "x"
+    assert r.optim.epochs == 9 and r.optim.batch_size == 64
+    assert r.optim.lr_weights == 0.5 and r.train.seed == 3
+    assert r.data.dir == "x"
     assert r.files == [str(RULES_DIR / "base.yaml"), str(base.resolve()), str(child.resolve())]
 
 
@@ -111,3 +111,34 @@ def test_cli_exits_nonzero_on_bad_recipe(tmp_path: Path) -> None:
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "optim.epochz" in proc.stderr and str(path.resolve()) in proc.stderr
+
+
+def test_recipe_is_read_only_with_attribute_access() -> None:
+    r = load_recipe(RULES_DIR / "1000ep.yaml")
+    assert r.optim.epochs == 1000 and dict(r.optim)["epochs"] == 1000
+    with pytest.raises(AttributeError, match="optim.epochs"):
+        r.optim.epochs = 3
+    with pytest.raises(AttributeError, match="has no key 'epoch'"):
+        _ = r.optim.epoch
+    with pytest.raises(AttributeError, match="no section 'optimizer'"):
+        _ = r.optimizer
+    r.values["optim"]["epochs"] = 3  # a copy: the recipe does not change
+    assert r.optim.epochs == 1000
+    assert r.with_overrides({"optim.epochs": "7"}).optim.epochs == 7 and r.optim.epochs == 1000
+
+
+def test_describe_lists_every_key_with_its_base_value() -> None:
+    from ffcv_bt.config import describe, sections
+
+    text = describe()
+    assert "  optim.batch_size = 2048: GLOBAL batch size" in text
+    assert sum(len(keys) for keys in sections().values()) == sum(
+        line.startswith("  ") for line in text.splitlines())
+
+
+def test_yaml_is_read_only_in_config() -> None:
+    """One configuration mechanism: recipes, protocols and sweeps go through ffcv_bt.config."""
+    repo = RULES_DIR.parent
+    readers = sorted(str(p.relative_to(repo)) for folder in ("ffcv_bt", "bench")
+                     for p in (repo / folder).rglob("*.py") if "import yaml" in p.read_text())
+    assert readers == ["ffcv_bt/config.py"]

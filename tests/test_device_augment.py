@@ -151,7 +151,7 @@ def test_both_modes_equal_pil_on_the_loaders_own_crops(photo_beton):
     """The numba loader (``aug.device: cpu``, compiled by FFCV as in training) and the device
     path (``gpu``, run here on the CPU) against PIL applied to the device path's crops with
     the decisions the loader emitted. Both agree with PIL to the level."""
-    aug = AugmentationParams.from_config(load_recipe(RULES_DIR / "base.yaml")["aug"])
+    aug = AugmentationParams.from_config(load_recipe(RULES_DIR / "base.yaml").aug)
     aug = dataclasses.replace(aug, solarize_p=(0.3, 0.3))  # more solarized views to compare
     common = dict(batch_size_per_rank=16, num_workers=1, aug=aug, res=40, seed=5, device="cpu",
                   order="sequential")

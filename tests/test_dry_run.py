@@ -49,7 +49,7 @@ def _hours(recipe_values: dict, rate) -> float:
 
 
 def _paper_rate(recipe):
-    est, max_res = recipe["estimate"]["pretrain_images_per_s"], recipe["resolution"]["max_res"]
+    est, max_res = recipe.estimate.pretrain_images_per_s, recipe.resolution.max_res
     return lambda res: est * (max_res / res) ** 2
 
 
@@ -100,7 +100,7 @@ def test_fit_to_budget_fits_and_one_more_epoch_would_not(tmp_path: Path) -> None
     fit = fit_to_budget(recipe, budget, devices_dir=tmp_path)
     fitted = load_recipe(RULES_DIR / "fast-300ep.yaml",
                          {"data.dir": str(tmp_path / "no-data"), **fit})
-    epochs = fitted["optim"]["epochs"]
+    epochs = fitted.optim.epochs
     assert _hours(fitted.values, _paper_rate(recipe)) <= budget
     more = copy.deepcopy(fitted.values)
     scale = (epochs + 1) / 300
@@ -109,9 +109,9 @@ def test_fit_to_budget_fits_and_one_more_epoch_would_not(tmp_path: Path) -> None
     assert _hours(more, _paper_rate(recipe)) > budget
     # The ramp and the warmup keep their share of the run.
     assert 0 < epochs < 300
-    assert fitted["resolution"]["start_ramp"] == round(120 * epochs / 300)
-    assert fitted["resolution"]["end_ramp"] == round(255 * epochs / 300)
-    assert fitted["optim"]["warmup_epochs"] == pytest.approx(10 * epochs / 300)
+    assert fitted.resolution.start_ramp == round(120 * epochs / 300)
+    assert fitted.resolution.end_ramp == round(255 * epochs / 300)
+    assert fitted.optim.warmup_epochs == pytest.approx(10 * epochs / 300)
     plan = describe_plan(fitted, devices_dir=tmp_path)
     assert _pretrain_hours_printed(plan) <= budget + 0.05
 
@@ -169,7 +169,7 @@ def test_the_plan_counts_the_online_monitor(tmp_path: Path) -> None:
     line = next(l for l in plan.splitlines() if l.strip().startswith("monitor "))
     images = 6 * (20000 + 2 * 5000)  # after epochs 50, 100, ..., 300
     assert f"{images:,}" in line and "6 passes" in line
-    hours = images / recipe["estimate"]["eval_images_per_s"] / 3600
+    hours = images / recipe.estimate.eval_images_per_s / 3600
     assert float(line.split(":")[1].split("device-hours")[0]) == pytest.approx(hours, abs=0.06)
 
     def total(text: str) -> float:

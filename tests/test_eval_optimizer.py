@@ -59,9 +59,10 @@ def test_optimizer_is_built_from_the_protocol_file(name, protocol, tiny_dataset,
 def test_learning_rate_each_group_held_at_every_epoch(protocol, tiny_dataset, tmp_path) -> None:
     """Distinct values for every setting (the smoke file's, changed) so a swap shows."""
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_dataset), {"eval.protocol": "smoke"})
-    recipe.values["linear"].update(lr=0.07, weight_decay=3e-4, momentum=0.8, epochs=3)
-    recipe.values["semi"].update(lr_classifier=0.11, lr_backbone=0.013, weight_decay=2e-4,
-                                 momentum=0.7, epochs=3)
+    recipe = recipe.with_overrides({
+        "linear.lr": 0.07, "linear.weight_decay": 3e-4, "linear.momentum": 0.8, "linear.epochs": 3,
+        "semi.lr_classifier": 0.11, "semi.lr_backbone": 0.013, "semi.weight_decay": 2e-4,
+        "semi.momentum": 0.7, "semi.epochs": 3})
     evaluation = Evaluation(recipe, protocol, "random", tmp_path / "eval", DistInfo())
     roles = groups_by_role(evaluation)
     seen: list[tuple[int, dict[str, float]]] = []
@@ -74,7 +75,7 @@ def test_learning_rate_each_group_held_at_every_epoch(protocol, tiny_dataset, tm
 
     evaluation.optimizer.step = recording_step
     evaluation.run()
-    p = recipe["linear"] if protocol == "linear" else recipe["semi"]
+    p = recipe.linear if protocol == "linear" else recipe.semi
     base = {"head": p["lr"]} if protocol == "linear" else {"head": p["lr_classifier"],
                                                            "backbone": p["lr_backbone"]}
     assert sorted({epoch for epoch, _ in seen}) == [0, 1, 2]

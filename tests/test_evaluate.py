@@ -60,7 +60,7 @@ def _bn_calibrated_random_backbone(recipe, path: Path) -> None:
     # the pretraining initialisation (zero-init residual: every block starts as the
     # identity), whose pooled features keep the colour linearly readable
     torch.manual_seed(0)
-    backbone, _ = build_backbone("resnet18", recipe["model"]["width"], zero_init_residual=True,
+    backbone, _ = build_backbone("resnet18", recipe.model.width, zero_init_residual=True,
                                  small_stem=True)
     for m in backbone.modules():
         if isinstance(m, torch.nn.BatchNorm2d):

@@ -67,7 +67,7 @@ def assert_views_match_labels(images: torch.Tensor, labels: torch.Tensor) -> Non
         assert np.abs(error).max() <= 4
 
 
-REFERENCE_AUG = AugmentationParams.from_config(load_recipe(RULES_DIR / "base.yaml")["aug"])
+REFERENCE_AUG = AugmentationParams.from_config(load_recipe(RULES_DIR / "base.yaml").aug)
 SHAPE_ONLY = dataclasses.replace(REFERENCE_AUG, jitter_p=(0.0, 0.0), grayscale_p=(0.0, 0.0),
                                  solarize_p=(0.0, 0.0))
 

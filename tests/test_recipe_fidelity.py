@@ -117,7 +117,7 @@ def run_place(recipe, release: str, start: int, scale_loss: float | None = None,
     """3 steps from ``start`` with ours (built from ``recipe``; ``scale_loss`` and
     ``lr_biases`` replace the recipe's when given) and with the emulated ``release``, from
     the same weights; returns the worst relative difference of (parameters, updates)."""
-    m, o, loss_cfg = recipe["model"], dict(recipe["optim"]), recipe["loss"]
+    m, o, loss_cfg = recipe.model, dict(recipe.optim), recipe.loss
     _, release_scale, release_factors = RELEASES[release]
     scale_loss = loss_cfg["scale_loss"] if scale_loss is None else scale_loss
     if lr_biases is not None:
@@ -176,8 +176,8 @@ PLACES = {"warmup": 1000, "middle": 1000 * STEPS_PER_EPOCH // 2,
 def test_recipe_reproduces_the_16_gpu_release_step(release, place, record_property):
     recipe = recipe_of(release)
     _, release_scale, (_, lr_biases) = RELEASES[release]
-    assert recipe["loss"]["scale_loss"] == pytest.approx(release_scale / REFERENCE_GPUS, rel=1e-12)
-    assert recipe["optim"]["lr_biases"] == lr_biases
+    assert recipe.loss.scale_loss == pytest.approx(release_scale / REFERENCE_GPUS, rel=1e-12)
+    assert recipe.optim.lr_biases == lr_biases
     worst_param, worst_update = run_place(recipe, release, PLACES[place])
     print(f"\n{release} release, {place}: worst relative difference parameters "
           f"{worst_param:.3g}, updates {worst_update:.3g}")

@@ -105,8 +105,9 @@ def test_optimizer_and_objective_hold_the_recipe_values(recipe, tmp_path, monkey
     formulation, as the loop uses them (distinct values, so that a swap shows)."""
     from ffcv_bt.train import step as step_module
 
-    recipe.values["optim"].update(weight_decay=3e-5, momentum=0.85, eta=0.004)
-    recipe.values["loss"].update(lambd=0.0123, scale_loss=0.37, formulation="cross")
+    recipe = recipe.with_overrides({
+        "optim.weight_decay": 3e-5, "optim.momentum": 0.85, "optim.eta": 0.004, "optim.epochs": 1,
+        "loss.lambd": 0.0123, "loss.scale_loss": 0.37, "loss.formulation": "cross"})
     trainer = pretrain_module.Pretrainer(recipe, tmp_path / "run", DistInfo())
     groups = {g["name"]: g for g in trainer.optimizer.param_groups}
     assert set(groups) == {"weights", "biases"}
@@ -122,6 +123,5 @@ def test_optimizer_and_objective_hold_the_recipe_values(recipe, tmp_path, monkey
         return loss_fn(z1, z2, **kwargs)
 
     monkeypatch.setattr(step_module, "barlow_twins_loss", recording)
-    trainer.recipe.values["optim"]["epochs"] = 1
     trainer.train()
     assert seen and all(k == {"lambd": 0.0123, "scale_loss": 0.37, "formulation": "cross"} for k in seen)

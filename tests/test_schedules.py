@@ -48,10 +48,10 @@ def ffcv_resolution(epoch: int, r: dict) -> int:
 @pytest.mark.parametrize("path", sorted(RULES_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_rounds_as_ffcv_at_every_epoch(path: Path) -> None:
     recipe = load_recipe(path)
-    r = recipe["resolution"]
+    r = recipe.resolution
     assert r["multiple"] == 32 or r["max_res"] < 64, "ImageNet recipes round as FFCV: to 32"
-    expected = [ffcv_resolution(e, r) for e in range(recipe["optim"]["epochs"])]
-    assert [resolution_of_recipe(e, r) for e in range(recipe["optim"]["epochs"])] == expected
+    expected = [ffcv_resolution(e, r) for e in range(recipe.optim.epochs)]
+    assert [resolution_of_recipe(e, r) for e in range(recipe.optim.epochs)] == expected
     segments = resolution_segments(recipe)
     assert [res for first, last, res in segments for _ in range(first, last + 1)] == expected
 

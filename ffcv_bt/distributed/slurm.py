@@ -57,11 +57,11 @@ def submit(recipe: Recipe, run_dir: Path, argv: list[str],
     Each task gets ``slurm.cpus_per_task`` CPUs, which must cover the loader's
     ``data.num_workers`` threads plus one for the training process itself.
     """
-    s = recipe["slurm"]
-    needed = recipe["data"]["num_workers"] + 1
+    s = recipe.slurm
+    needed = recipe.data.num_workers + 1
     if s["cpus_per_task"] < needed:
         raise ConfigError(f"slurm.cpus_per_task={s['cpus_per_task']} cannot run data.num_workers="
-                          f"{recipe['data']['num_workers']} loader threads plus the training "
+                          f"{recipe.data.num_workers} loader threads plus the training "
                           f"process: set slurm.cpus_per_task >= {needed} or lower data.num_workers")
     # SlurmExecutor directly: AutoExecutor's plugin discovery needs pkg_resources, which
     # the pinned setuptools no longer ships.

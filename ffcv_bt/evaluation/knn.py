@@ -131,14 +131,14 @@ PIXELS = "pixels"
 def _split_features(recipe: Recipe, backbone: nn.Module, data_dir: Path, split: str,
                     num_images: int, dist: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
     """All ranks' features and labels of ``split``, in a fixed order (rank slices in turn)."""
-    k = recipe["knn"]
+    k = recipe.knn
     indices = np.arange(num_images)[dist.rank::dist.world_size]
     loader = make_eval_loader(str(beton_path(data_dir, split)),
                               max(1, k["batch_size"] // dist.world_size), "val",
-                              recipe["data"]["num_workers"], device=dist.device, res=k["res"],
+                              recipe.data.num_workers, device=dist.device, res=k["res"],
                               resize_ratio=k["res"] / k["resize"], indices=indices,
-                              in_memory=recipe["data"]["in_memory"])
-    set_stage_threads(dist, recipe["train"]["cpu_threads"])
+                              in_memory=recipe.data.in_memory)
+    set_stage_threads(dist, recipe.train.cpu_threads)
     features, labels = extract_features(backbone, loader, dist.device)
     return gather_rows(features.to(dist.device)).cpu(), gather_rows(labels.to(dist.device)).cpu()
 
@@ -151,14 +151,14 @@ def evaluate_knn(recipe: Recipe, weights: str, out_dir: str | Path, dist: DistIn
 
 def _knn_stage(recipe: Recipe, weights: str, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    m, k = recipe["model"], recipe["knn"]
-    data_dir = Path(recipe["data"]["dir"])
+    m, k = recipe.model, recipe.knn
+    data_dir = Path(recipe.data.dir)
     manifest = Manifest.read(data_dir)
     if weights == PIXELS:
         backbone: nn.Module = nn.Flatten()
     else:
         backbone, _ = load_backbone(weights, m["arch"], m["width"], m["small_stem"],
-                                    seed=recipe["train"]["seed"])
+                                    seed=recipe.train.seed)
     backbone = backbone.to(dist.device)
     clock = StageClock(dist.device, dist.world_size)
     clock.start()

@@ -58,11 +58,11 @@ class ProtocolSettings:
     @classmethod
     def from_recipe(cls, recipe: Recipe, protocol: str) -> ProtocolSettings:
         if protocol == "linear":
-            p = recipe["linear"]
+            p = recipe.linear
             return cls("linear", p["epochs"], p["batch_size"], p["lr"], 0.0, p["weight_decay"],
                        p["momentum"], p["res"], p["resize"], p["precision"], 100)
         if protocol in ("semi1", "semi10"):
-            p = recipe["semi"]
+            p = recipe.semi
             return cls(protocol, p["epochs"], p["batch_size"], p["lr_classifier"], p["lr_backbone"],
                        p["weight_decay"], p["momentum"], p["res"], p["resize"], "fp32",
                        int(protocol[4:]))
@@ -70,9 +70,9 @@ class ProtocolSettings:
             # The supervised ceiling (ffcv_bt.train.supervised): the recipe's supervised
             # section at the pretraining's epochs and global batch; validated with the
             # linear protocol's crop (its train crops follow the recipe's resolution).
-            p, lin, batch = recipe["supervised"], recipe["linear"], recipe["optim"]["batch_size"]
+            p, lin, batch = recipe.supervised, recipe.linear, recipe.optim.batch_size
             lr = p["lr"] * batch / 256
-            return cls("supervised", recipe["optim"]["epochs"], batch, lr, lr, p["weight_decay"],
+            return cls("supervised", recipe.optim.epochs, batch, lr, lr, p["weight_decay"],
                        p["momentum"], lin["res"], lin["resize"], "fp32", 100,
                        p["label_smoothing"], p["lr_peak_epoch"])
         raise ConfigError(f"unknown protocol {protocol!r}; allowed: {', '.join(PROTOCOLS)}")
@@ -112,7 +112,7 @@ class Evaluation:
         self.ckpt_path = self.out_dir / "checkpoint.pt"
         self.device = dist.device
         self.frozen = protocol == "linear"
-        self.data_dir = Path(recipe["data"]["dir"])
+        self.data_dir = Path(recipe.data.dir)
         self.manifest = Manifest.read(self.data_dir)
         self.train_loader, self.val_loader = self.create_loaders()
         self.model, self.ddp_model = self.create_model()
@@ -123,7 +123,7 @@ class Evaluation:
         self.stop = StopSignals()
 
     def create_loaders(self):
-        s, data = self.settings, self.recipe["data"]
+        s, data = self.settings, self.recipe.data
         per_rank = per_rank_batch(s.batch_size, self.dist, f"{s.protocol} batch_size")
         train_indices = None if s.subset_percent == 100 else self.manifest.read_subset(s.subset_percent)
         if train_indices is not None and self.dist.distributed:
@@ -135,24 +135,24 @@ class Evaluation:
         common = dict(num_workers=data["num_workers"], device=self.device, res=s.res,
                       resize_ratio=ratio, channels_last=self.channels_last)
         train = make_eval_loader(str(beton_path(self.data_dir, "train")), per_rank,
-                                 "train", indices=train_indices, seed=self.recipe["train"]["seed"],
+                                 "train", indices=train_indices, seed=self.recipe.train.seed,
                                  distributed=self.dist.distributed and train_indices is None,
                                  drop_last=False, **common)
         val_indices = np.arange(self.manifest.num_images("val"))[self.dist.rank::self.dist.world_size]
         val = make_eval_loader(str(beton_path(self.data_dir, "val")), per_rank,
                                "val", indices=val_indices, distributed=False, **common)
-        set_stage_threads(self.dist, self.recipe["train"]["cpu_threads"])
+        set_stage_threads(self.dist, self.recipe.train.cpu_threads)
         return train, val
 
     @property
     def channels_last(self) -> bool:
-        return self.recipe["train"]["channels_last"] and self.device.type == "cuda"
+        return self.recipe.train.channels_last and self.device.type == "cuda"
 
     def create_model(self) -> tuple[Classifier, nn.Module]:
-        m = self.recipe["model"]
+        m = self.recipe.model
         backbone, feat_dim = load_backbone(self.weights, m["arch"], m["width"], m["small_stem"],
-                                           seed=self.recipe["train"]["seed"])
-        torch.manual_seed(self.recipe["train"]["seed"] + 1)
+                                           seed=self.recipe.train.seed)
+        torch.manual_seed(self.recipe.train.seed + 1)
         model = Classifier(backbone, feat_dim, len(self.manifest.classes))
         model = model.to(self.device)
         if self.frozen:
@@ -387,8 +387,8 @@ def record_external(recipe: Recipe, protocol: str, weights: str, out_dir: Path,
     code = code_version(REPO_ROOT)
     row = evaluation_row(
         run_id=f"external-{Path(weights).stem}-{out_dir.name}", recipe=recipe.name,
-        dataset=Manifest.read(recipe["data"]["dir"]).dataset_fields(),
-        seed=recipe["train"]["seed"], protocol=protocol, backbone="external", epochs=0,
+        dataset=Manifest.read(recipe.data.dir).dataset_fields(),
+        seed=recipe.train.seed, protocol=protocol, backbone="external", epochs=0,
         result=result, pretrain_gpu_hours=0.0, pretrain_epoch_equivalents=0.0,
         device=result["device"],
         n_devices=result["n_devices"],

@@ -28,9 +28,9 @@ MAX_EPOCHS = 100_000  # optim.epochs' declared range
 
 
 def _train_images(recipe: Recipe) -> tuple[int, str, dict[int, int]]:
-    manifest = Path(recipe["data"]["dir"]) / MANIFEST_NAME
+    manifest = Path(recipe.data.dir) / MANIFEST_NAME
     if manifest.is_file():
-        info = Manifest.read(recipe["data"]["dir"])
+        info = Manifest.read(recipe.data.dir)
         return info.num_images("train"), f"{manifest}", info.subset_counts()
     n = IMAGENET_TRAIN_IMAGES
     return n, f"{manifest} not found: assuming ImageNet-1k ({n:,} images)", \
@@ -61,9 +61,9 @@ class Throughput:
 
 def throughput(recipe: Recipe, devices_dir: str | Path | None = None) -> Throughput:
     """The measured device file of ``estimate.device`` if present, else the recipe's figures."""
-    est = recipe["estimate"]
+    est = recipe.estimate
     path = device_profile.device_file(est["device"], devices_dir)
-    max_res = recipe["resolution"]["max_res"]
+    max_res = recipe.resolution.max_res
     if path.is_file():
         try:
             profile = device_profile.load(path)
@@ -96,12 +96,12 @@ def schedule_segments(resolution: dict[str, int], epochs: int) -> list[tuple[int
 
 def resolution_segments(recipe: Recipe) -> list[tuple[int, int, int]]:
     """[(first epoch, last epoch, resolution)] of the recipe's schedule."""
-    return schedule_segments(recipe["resolution"], recipe["optim"]["epochs"])
+    return schedule_segments(recipe.resolution, recipe.optim.epochs)
 
 
 def pretrain_cost_factor(recipe: Recipe) -> float:
     """Sum over epochs of (res / max_res)^2: epochs-equivalent at max_res."""
-    max_res = recipe["resolution"]["max_res"]
+    max_res = recipe.resolution.max_res
     return sum((last - first + 1) * (res / max_res) ** 2
                for first, last, res in resolution_segments(recipe))
 
@@ -114,15 +114,15 @@ def _schedule_hours(resolution: dict[str, int], epochs: int, n_train: int,
 
 def pretrain_device_hours(recipe: Recipe, tp: Throughput, n_train: int) -> float:
     """Estimated pretraining device-hours (devices x wall hours) of the recipe."""
-    if tp.pretrain_rate(recipe["resolution"]["max_res"]) <= 0:
+    if tp.pretrain_rate(recipe.resolution.max_res) <= 0:
         return math.nan
-    return _schedule_hours(recipe["resolution"], recipe["optim"]["epochs"], n_train, tp.pretrain_rate)
+    return _schedule_hours(recipe.resolution, recipe.optim.epochs, n_train, tp.pretrain_rate)
 
 
 def scaled_schedule(recipe: Recipe, epochs: int) -> dict[str, Any]:
     """Overrides that stretch the recipe's schedule to ``epochs``: the resolution ramp and
     the warmup keep their fractions of the run."""
-    o, r = recipe["optim"], recipe["resolution"]
+    o, r = recipe.optim, recipe.resolution
     f = epochs / o["epochs"]
     start = round(r["start_ramp"] * f)
     return {"optim.epochs": epochs, "optim.warmup_epochs": o["warmup_epochs"] * f,
@@ -141,10 +141,10 @@ def fit_to_budget(recipe: Recipe, hours: float, devices_dir: str | Path | None =
         raise ConfigError(f"--budget-hours must be a positive number of device-hours, got {hours}")
     tp = throughput(recipe, devices_dir)
     n_train, _, _ = _train_images(recipe)
-    if tp.pretrain_rate(recipe["resolution"]["max_res"]) <= 0:
+    if tp.pretrain_rate(recipe.resolution.max_res) <= 0:
         raise ConfigError(f"--budget-hours: no throughput for {tp.device} (estimate."
                           f"pretrain_images_per_s is 0 and there is no device file)")
-    r = dict(recipe["resolution"])
+    r = dict(recipe.resolution)
 
     def cost(epochs: int) -> float:
         fitted = scaled_schedule(recipe, epochs)
@@ -190,7 +190,7 @@ def _gpus_here(recipe: Recipe) -> int:
         count = torch.cuda.device_count()
     except Exception:  # noqa: BLE001 - no driver: count nothing
         count = 0
-    return count or max(1, min(recipe["estimate"]["n_devices"], recipe["slurm"]["gpus_per_node"]))
+    return count or max(1, min(recipe.estimate.n_devices, recipe.slurm.gpus_per_node))
 
 
 def loader_lines(recipe: Recipe, tp: Throughput, cores: int | None = None,
@@ -207,9 +207,9 @@ def loader_lines(recipe: Recipe, tp: Throughput, cores: int | None = None,
     per_gpu = cores / gpus
     lines = [f"loader cores per GPU to feed the measured step (+1 core for the training process); "
              f"this machine: {cores} cores for {gpus} GPU(s) = {per_gpu:.1f} per GPU; "
-             f"data.num_workers {recipe['data']['num_workers']}, slurm.cpus_per_task "
-             f"{recipe['slurm']['cpus_per_task']}:"]
-    aug_device = recipe["aug"]["device"]
+             f"data.num_workers {recipe.data.num_workers}, slurm.cpus_per_task "
+             f"{recipe.slurm.cpus_per_task}:"]
+    aug_device = recipe.aug.device
     table = device_profile.loader_table(tp.profile, aug_device)
     if aug_device == "gpu":
         lines.append("  aug.device gpu: " + (
@@ -231,12 +231,12 @@ def loader_lines(recipe: Recipe, tp: Throughput, cores: int | None = None,
                             f"will limit the step"
                             + (" (aug.device: gpu moves the colour jitter, grayscale, blur and "
                                "solarize to the GPU)" if aug_device == "cpu" else ""))
-        if recipe["data"]["num_workers"] < need:
-            warnings.append(f"WARNING: at {res} px data.num_workers={recipe['data']['num_workers']} "
+        if recipe.data.num_workers < need:
+            warnings.append(f"WARNING: at {res} px data.num_workers={recipe.data.num_workers} "
                             f"is below the {need:.1f} loader cores needed")
-        if recipe["slurm"]["cpus_per_task"] < total:
+        if recipe.slurm.cpus_per_task < total:
             warnings.append(f"WARNING: at {res} px slurm.cpus_per_task="
-                            f"{recipe['slurm']['cpus_per_task']} is below the {total} cores needed")
+                            f"{recipe.slurm.cpus_per_task} is below the {total} cores needed")
     return lines + warnings
 
 
@@ -245,8 +245,8 @@ def _monitor_cost(recipe: Recipe, tp: Throughput, n_train: int) -> tuple[str, fl
     frozen forwards at the evaluation rate ("" and 0 when it is off or not pretraining)."""
     from ffcv_bt.train.monitor import images_per_pass, monitor_epochs
 
-    m = recipe["monitor"]
-    passes = len(monitor_epochs(m["every_epochs"], recipe["optim"]["epochs"]))
+    m = recipe.monitor
+    passes = len(monitor_epochs(m["every_epochs"], recipe.optim.epochs))
     if not passes or "pretrain" not in recipe.stages:
         return "", 0.0
     images = passes * images_per_pass(min(m["train_images"], n_train), m["val_images"])
@@ -265,26 +265,26 @@ def describe_plan(recipe: Recipe, devices_dir: str | Path | None = None,
     ``devices_dir`` (results/devices), ``cores`` (this process's CPU affinity) and ``gpus``
     (this machine's) are parameters for tests.
     """
-    o, est = recipe["optim"], recipe["estimate"]
+    o, est = recipe.optim, recipe.estimate
     n_train, source, subsets = _train_images(recipe)
     tp = throughput(recipe, devices_dir)
     steps = n_train // o["batch_size"]
     lines = [f"recipe {recipe.name}: {' + '.join(recipe.files)}",
              f"protocol: {recipe.protocol_file}",
-             f"data: {recipe['data']['dir']} ({n_train:,} train images; {source})",
+             f"data: {recipe.data.dir} ({n_train:,} train images; {source})",
              f"stages: {', '.join(recipe.stages)}"
-             + ("  (+ random-init control for each evaluation)" if recipe["eval"]["control"] else "")
+             + ("  (+ random-init control for each evaluation)" if recipe.eval.control else "")
              + ("  (+ supervised ceiling: trained, then each evaluation)"
-                if recipe["eval"]["supervised"] else ""),
-             f"model: {recipe['model']['arch']} width {recipe['model']['width']}, projector "
-             f"{recipe['model']['projector']}; loss lambd {recipe['loss']['lambd']}, "
-             f"scale {recipe['loss']['scale_loss']:g}",
+                if recipe.eval.supervised else ""),
+             f"model: {recipe.model.arch} width {recipe.model.width}, projector "
+             f"{recipe.model.projector}; loss lambd {recipe.loss.lambd}, "
+             f"scale {recipe.loss.scale_loss:g}",
              f"optimizer: LARS momentum {o['momentum']:g}, eta {o['eta']:g}, weight decay "
              f"{o['weight_decay']:g}; lr {o['lr_weights']:g} weights / {o['lr_biases']:g} biases "
              f"x batch/256, {o['warmup_epochs']:g} warmup epochs, cosine to {o['final_lr_ratio']:g}x",
-             f"evaluation: {recipe.protocol_file} (linear probe lr {recipe['linear']['lr']:g}; "
-             f"semi lr {recipe['semi']['lr_backbone']:g} backbone / "
-             f"{recipe['semi']['lr_classifier']:g} classifier)",
+             f"evaluation: {recipe.protocol_file} (linear probe lr {recipe.linear.lr:g}; "
+             f"semi lr {recipe.semi.lr_backbone:g} backbone / "
+             f"{recipe.semi.lr_classifier:g} classifier)",
              f"pretraining: {o['epochs']} epochs x {steps:,} steps of global batch {o['batch_size']}",
              "resolution schedule:"]
     for first, last, res in resolution_segments(recipe):
@@ -297,7 +297,7 @@ def describe_plan(recipe: Recipe, devices_dir: str | Path | None = None,
                   o["final_lr_ratio"])
         lines.append(f"  {label:14s} step {step:>9,}: {m * o['lr_weights']:.5g} / "
                      f"{m * o['lr_biases']:.5g}")
-    lin, semi = recipe["linear"], recipe["semi"]
+    lin, semi = recipe.linear, recipe.semi
     stage_images = {
         "pretrain": pretrain_cost_factor(recipe) * n_train,
         "linear": lin["epochs"] * n_train,
@@ -322,15 +322,15 @@ def describe_plan(recipe: Recipe, devices_dir: str | Path | None = None,
                          f"throughput (set estimate.* or run python -m bench.gpu_check)")
             continue
         extra = [] if stage == "pretrain" else \
-            [name for name, on in (("control", recipe["eval"]["control"]),
-                                   ("supervised", recipe["eval"]["supervised"])) if on]
+            [name for name, on in (("control", recipe.eval.control),
+                                   ("supervised", recipe.eval.supervised)) if on]
         copies = 1 + len(extra)
         total_hours += hours * copies
         wall = hours / est["n_devices"]
         lines.append(f"  {stage:8s} {stage_images[stage]:>16,.0f} images: {hours * copies:10.1f} "
                      f"device-hours ({wall * copies:.1f} h wall on {est['n_devices']} devices)"
                      + (f"  incl. {' and '.join(extra)}" if extra else ""))
-        if stage == "pretrain" and recipe["eval"]["supervised"]:
+        if stage == "pretrain" and recipe.eval.supervised:
             # one view forward + backward: about half a two-view pretraining step
             total_hours += hours / 2
             lines.append(f"  supervised {stage_images[stage]:>14,.0f} images: "

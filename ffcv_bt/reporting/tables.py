@@ -20,11 +20,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from ffcv_bt.atomic_files import atomic_write, atomic_write_text
 from ffcv_bt.cli import run_command
-from ffcv_bt.paths import RULES_DIR
+from ffcv_bt.config import protocol_values
 from ffcv_bt.reporting.published import (
     BASELINE_COSTS,
     BASELINE_HARDWARE,
@@ -49,7 +48,7 @@ from ffcv_bt.reporting.runs_csv import (  # noqa: F401 (re-exported)
 )
 
 # The kNN settings the tables name, read from the standard protocol (stated once there).
-_KNN = yaml.safe_load((RULES_DIR / "protocols" / "standard.yaml").read_text())["knn"]
+_KNN = protocol_values("standard")["knn"]
 PROTOCOL_NAMES = {"knn": f"kNN (k={_KNN['k']})", "linear": "linear probe", "semi1": "1% labels",
                   "semi10": "10% labels"}
 BACKBONE_NAMES = {"pretrained": "pretrained", "supervised": "supervised (ceiling, same budget)",

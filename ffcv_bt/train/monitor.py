@@ -140,7 +140,7 @@ class TrainingMonitor:
     """Runs the measures during pretraining, logs them and keeps its own clock."""
 
     def __init__(self, recipe: Recipe, out_dir: Path, dist: DistInfo) -> None:
-        self.settings = recipe["monitor"]
+        self.settings = recipe.monitor
         self.recipe, self.out_dir, self.dist = recipe, Path(out_dir), dist
         state = self._read_state()
         self.last_epoch: int = state["last_epoch"]
@@ -160,7 +160,7 @@ class TrainingMonitor:
         if epochs_done <= self.last_epoch:
             return False
         return epochs_done in monitor_epochs(self.settings["every_epochs"],
-                                             self.recipe["optim"]["epochs"])
+                                             self.recipe.optim.epochs)
 
     def _read_state(self) -> dict[str, Any]:
         path = self.out_dir / STATE_FILE
@@ -174,18 +174,18 @@ class TrainingMonitor:
         if split not in self._loaders:
             from ffcv_bt.data.eval_loader import make_eval_loader
 
-            data_dir = Path(self.recipe["data"]["dir"])
+            data_dir = Path(self.recipe.data.dir)
             count = self.settings["val_images" if split == "val" else "train_images"]
             indices = evenly_spaced(Manifest.read(data_dir).num_images(split), count)
-            per_rank = max(1, self.recipe["optim"]["batch_size"] // self.dist.world_size)
+            per_rank = max(1, self.recipe.optim.batch_size // self.dist.world_size)
             self._loaders[split] = make_eval_loader(
                 str(beton_path(data_dir, split)), per_rank, "val",
-                self.recipe["data"]["num_workers"], device=self.device,
-                res=self.recipe["resolution"]["max_res"], resize_ratio=RESIZE_RATIO,
+                self.recipe.data.num_workers, device=self.device,
+                res=self.recipe.resolution.max_res, resize_ratio=RESIZE_RATIO,
                 indices=indices[self.dist.rank::self.dist.world_size],
-                in_memory=self.recipe["data"]["in_memory"])
+                in_memory=self.recipe.data.in_memory)
             if self.device.type == "cpu":
-                set_cpu_compute_threads(self.recipe["train"]["cpu_threads"])  # FFCV resets torch's thread count
+                set_cpu_compute_threads(self.recipe.train.cpu_threads)  # FFCV resets torch's thread count
         return self._loaders[split]
 
     @property
@@ -235,11 +235,11 @@ class TrainingMonitor:
         return record
 
     def _measure(self, model: BarlowTwins, epochs_done: int, step: int) -> dict[str, Any]:
-        s, loss_cfg = self.settings, self.recipe["loss"]
+        s, loss_cfg = self.settings, self.recipe.loss
         val = self._extract(model, "val", embed=True)
         train = self._extract(model, "train", embed=False)
         compute_on = self.device if self.device.type == "cuda" else torch.device("cpu")
-        num_classes = len(Manifest.read(self.recipe["data"]["dir"]).classes)
+        num_classes = len(Manifest.read(self.recipe.data.dir).classes)
         top1, top5 = knn_accuracy(train["features"].to(compute_on), train["labels"],
                                   val["features"].to(compute_on), val["labels"], num_classes,
                                   k=s["knn_k"], temperature=s["knn_temperature"])

@@ -50,7 +50,7 @@ def seed_everything(seed: int) -> None:
 
 def build_model(recipe: Recipe) -> BarlowTwins:
     """Backbone + projector as the recipe says."""
-    m = recipe["model"]
+    m = recipe.model
     return BarlowTwins(m["arch"], m["projector"], width=m["width"], small_stem=m["small_stem"],
                        zero_init_residual=m["zero_init_residual"])
 
@@ -63,8 +63,8 @@ class Pretrainer:
         self.out_dir = Path(out_dir)
         self.ckpt_path = self.out_dir / "checkpoint.pt"
         self.device = dist.device
-        seed_everything(recipe["train"]["seed"])
-        if recipe["train"]["deterministic"]:
+        seed_everything(recipe.train.seed)
+        if recipe.train.deterministic:
             torch.use_deterministic_algorithms(True)
         elif self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes within a resolution
@@ -79,25 +79,25 @@ class Pretrainer:
 
     # ----- construction -------------------------------------------------------------
     def create_loader(self):
-        data, r = self.recipe["data"], self.recipe["resolution"]
-        per_rank = per_rank_batch(self.recipe["optim"]["batch_size"], self.dist, "optim.batch_size")
+        data, r = self.recipe.data, self.recipe.resolution
+        per_rank = per_rank_batch(self.recipe.optim.batch_size, self.dist, "optim.batch_size")
         loader = make_pretrain_loader(
             str(beton_path(data["dir"], "train")), batch_size_per_rank=per_rank,
-            num_workers=data["num_workers"], aug=AugmentationParams.from_config(self.recipe["aug"]),
+            num_workers=data["num_workers"], aug=AugmentationParams.from_config(self.recipe.aug),
             res=resolution_of_recipe(0, r),
-            seed=self.recipe["train"]["seed"], device=self.device,
+            seed=self.recipe.train.seed, device=self.device,
             distributed=self.dist.distributed, order=data["order"], in_memory=data["in_memory"],
-            channels_last=self.channels_last, augment_on=self.recipe["aug"]["device"])
-        if self.device.type == "cpu" and self.recipe["aug"]["device"] == "gpu":
+            channels_last=self.channels_last, augment_on=self.recipe.aug.device)
+        if self.device.type == "cpu" and self.recipe.aug.device == "gpu":
             warnings.warn("aug.device=gpu with a CPU training device: the augmentations run as "
                           "torch ops in the training process, far slower than the loader's "
                           "numba workers (python -m bench.loader); use aug.device=cpu on CPUs", stacklevel=2)
-        set_stage_threads(self.dist, self.recipe["train"]["cpu_threads"])
+        set_stage_threads(self.dist, self.recipe.train.cpu_threads)
         return loader
 
     @property
     def channels_last(self) -> bool:
-        return self.recipe["train"]["channels_last"] and self.device.type == "cuda"
+        return self.recipe.train.channels_last and self.device.type == "cuda"
 
     def create_model(self) -> tuple[BarlowTwins, torch.nn.Module]:
         model = build_model(self.recipe).to(self.device)
@@ -109,7 +109,7 @@ class Pretrainer:
         if self.dist.distributed:
             wrapped = DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if self.recipe["train"]["compile"]:
+        if self.recipe.train.compile:
             if self.dist.distributed:
                 # SyncBatchNorm breaks the compiled graph at every BN layer (a collective
                 # inside each): no gain measured, so compile stays off under DDP.
@@ -120,12 +120,12 @@ class Pretrainer:
         return model, wrapped
 
     def create_optimizer(self) -> LARS:
-        o = self.recipe["optim"]
+        o = self.recipe.optim
         return LARS(param_groups_for_lars(self.model), lr=0.0, weight_decay=o["weight_decay"],
                     momentum=o["momentum"], eta=o["eta"])
 
     def create_precision(self) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
-        dtype = autocast_dtype(self.recipe["train"]["precision"], self.device)
+        dtype = autocast_dtype(self.recipe.train.precision, self.device)
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         return dtype, scaler
 
@@ -172,7 +172,7 @@ class Pretrainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
             atomic_write_text(self.out_dir / "config.yaml", self.recipe.to_yaml())
-        epochs = self.recipe["optim"]["epochs"]
+        epochs = self.recipe.optim.epochs
         last_loss = math.nan
         with self.stop:
             self.run_monitor()  # one a restart interrupted
@@ -192,7 +192,7 @@ class Pretrainer:
             self.monitor.run(self.model, self.epoch, self.step, self.clock)
 
     def steps_per_epoch(self) -> int:
-        limit = self.recipe["train"]["max_steps_per_epoch"]
+        limit = self.recipe.train.max_steps_per_epoch
         return min(len(self.loader), limit) if limit else len(self.loader)
 
     def train_epoch(self, epoch: int) -> float:
@@ -202,12 +202,12 @@ class Pretrainer:
         and are read (and checked for NaN/inf) at each log interval and before any
         checkpoint, so a checkpoint never holds weights updated by a non-finite loss.
         """
-        r, o = self.recipe["resolution"], self.recipe["optim"]
+        r, o = self.recipe.resolution, self.recipe.optim
         res = resolution_of_recipe(epoch, r)
         self.loader.set_resolution(res)
         self.loader.set_epoch(epoch)
         steps = self.steps_per_epoch()
-        log_every = self.recipe["train"]["log_every"]
+        log_every = self.recipe.train.log_every
         self.model.train()
         bar = tqdm(total=steps, initial=self.skip_batches, disable=not self.dist.is_main,
                    desc=f"pretrain epoch {epoch + 1}/{o['epochs']} @{res}px", leave=False)
@@ -256,7 +256,7 @@ class Pretrainer:
     def train_step(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
         """One optimisation step (see :func:`barlow_step`); returns the loss on the device."""
         return barlow_step(self.ddp_model, self.optimizer, self.scaler, self.amp_dtype,
-                           self.recipe["loss"], view1, view2)
+                           self.recipe.loss, view1, view2)
 
     def log(self, record: dict[str, Any]) -> None:
         append_log(self.out_dir, record, self.dist)
@@ -265,9 +265,9 @@ class Pretrainer:
 
     def finish(self, last_loss: float) -> dict[str, Any]:
         """Save the torchvision-format backbone; return the result (run_stage writes it)."""
-        arch = self.recipe["model"]["arch"]
+        arch = self.recipe.model.arch
         result = {
-            "epochs": self.recipe["optim"]["epochs"], "steps": self.step,
+            "epochs": self.recipe.optim.epochs, "steps": self.step,
             "final_epoch_loss": last_loss, "device_seconds": self.clock.seconds,
             "device_hours": self.clock.device_hours,
             "monitor_device_seconds": self.monitor.clock.seconds,

@@ -65,7 +65,7 @@ class SupervisedTraining(Evaluation):
         return nn.CrossEntropyLoss(label_smoothing=self.settings.label_smoothing)
 
     def train_epoch(self) -> float:
-        self.train_loader.set_resolution(resolution_of_recipe(self.epoch, self.recipe["resolution"]))
+        self.train_loader.set_resolution(resolution_of_recipe(self.epoch, self.recipe.resolution))
         return super().train_epoch()
 
     def result(self) -> dict[str, Any]:
@@ -78,7 +78,7 @@ class SupervisedTraining(Evaluation):
 
     @staticmethod
     def backbone_path(out_dir: str | Path, recipe: Recipe) -> Path:
-        return Path(out_dir) / f"{recipe['model']['arch']}.pth"
+        return Path(out_dir) / f"{recipe.model.arch}.pth"
 
 
 def train_supervised(recipe: Recipe, out_dir: str | Path, dist: DistInfo) -> dict[str, Any]:
