@@ -159,8 +159,6 @@ def run_sweep(path: str | Path, args: argparse.Namespace, overrides: dict[str, s
                 "--seeds", seeds, "--stages", sweep.stages, "--results-dir", args.results_dir]
         argv += [f"--{k}={v}" for k, v in {**point.overrides, **overrides}.items()
                  if k not in ("run.stages", "run.seeds")]
-        if args.debug:
-            argv.append("--debug")
         run(argv)
     return 0
 

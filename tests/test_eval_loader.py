@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-from test_pretrain_loader import (
+from coded_images import (
     NUM_IMAGES,
     assert_views_match_labels,
     to_pixels,

@@ -6,18 +6,18 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from runs_rows import IMAGENET, make_row
 
 from ffcv_bt.reporting.published import PUBLISHED, published_for
-from ffcv_bt.reporting.runs_csv import append_run_row
+from ffcv_bt.reporting.runs_csv import append_run_row, read_runs
 from ffcv_bt.reporting.tables import (
     format_mean_std,
     format_significant,
     generate,
     is_imagenet_1k,
     main,
-    read_runs,
+    render_readme,
 )
-from tests.test_runs_csv import IMAGENET, LEGACY_CSV, make_row
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = "cpu (Intel(R) Xeon(R) CPU @ 2.20GHz)"
@@ -255,17 +255,12 @@ def test_no_runs_still_shows_published_results(tmp_path, create_empty_file):
         assert image.format == "PNG"
 
 
-def test_legacy_committed_file_renders(tmp_path):
-    (tmp_path / "runs.csv").write_text(LEGACY_CSV)
-    generate(tmp_path)
-    readme = (tmp_path / "README.md").read_text()
-    lin, _ = tables(readme, "Linear probe")
-    assert [(r["data set"], r["seeds"], r["top-1"]) for r in lin] == [
-        ("unrecorded", "unrecorded", "69.30 ± — (n=1)"),
-        ("unrecorded", "unrecorded", "10.45 ± — (n=1)")]
-    assert lin[0]["Δ top-1 vs paper (pp)"] == lin[0]["cost vs baseline"] == "—"
-    assert "/work/main/results/runs/demo-20261125-152856" in readme  # old absolute run_dir
-    assert not read_runs(REPO / "results" / "runs.csv").empty  # the committed file loads
+def test_committed_file_renders() -> None:
+    """results/runs.csv as committed loads (rows from before pretrain_epoch_equivalents
+    included), and the committed results/README.md is what it renders to."""
+    runs = read_runs(REPO / "results" / "runs.csv")
+    assert not runs.empty and runs["pretrain_epoch_equivalents"].isna().any()
+    assert render_readme(runs) == (REPO / "results" / "README.md").read_text()
 
 
 def test_later_row_supersedes_earlier_evaluation(tmp_path):

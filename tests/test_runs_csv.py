@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from runs_rows import IMAGENET, make_row
 
 from ffcv_bt.reporting.runs_csv import (
-    LEGACY_COLUMNS,
     RUNS_COLUMNS,
     append_run_row,
     check_run_row,
@@ -23,35 +23,6 @@ from ffcv_bt.reporting.runs_csv import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-A100 = "NVIDIA A100-SXM4-80GB"
-IMAGENET = "imagenet-1k (1000 classes, 1,281,167 train)"
-
-# results/runs.csv as committed before the dataset and seed columns existed.
-LEGACY_CSV = """\
-run_id,recipe,protocol,backbone,epochs,top1,top5,best_top1,pretrain_gpu_hours,eval_gpu_hours,device,n_devices,git_sha,finished_at,run_dir
-demo-20261125-152856,demo,linear,pretrained,4,69.3,98.35,69.3,0.04363757254583309,0.006718254180555556,cpu (AMD EPYC),1,15c9f55061df57db728b4fa6c85769261c8c551c,2026-11-25T15:31:59,/work/main/results/runs/demo-20261125-152856
-demo-20261125-152856,demo,linear,random,0,10.45,51.0,10.45,0.0,0.006736730544166676,cpu (AMD EPYC),1,15c9f55061df57db728b4fa6c85769261c8c551c,2026-11-25T15:32:25,/work/main/results/runs/demo-20261125-152856
-demo-20261125-152856,demo,semi1,pretrained,4,41.4,72.1,41.4,0.04363757254583309,0.002224701033333329,cpu (AMD EPYC),1,15c9f55061df57db728b4fa6c85769261c8c551c,2026-11-25T15:32:34,/work/main/results/runs/demo-20261125-152856
-demo-20261125-152856,demo,semi1,random,0,9.5,50.0,10.0,0.0,0.0022725622230554006,cpu (AMD EPYC),1,15c9f55061df57db728b4fa6c85769261c8c551c,2026-11-25T15:32:43,/work/main/results/runs/demo-20261125-152856
-demo-20261125-152856,demo,semi10,pretrained,4,56.8,97.1,56.8,0.04363757254583309,0.00408779328916656,cpu (AMD EPYC),1,15c9f55061df57db728b4fa6c85769261c8c551c,2026-11-25T15:32:59,/work/main/results/runs/demo-20261125-152856
-demo-20261125-152856,demo,semi10,random,0,20.2,84.05,20.2,0.0,0.004602922532499936,cpu (AMD EPYC),1,15c9f55061df57db728b4fa6c85769261c8c551c,2026-11-25T15:33:16,/work/main/results/runs/demo-20261125-152856
-"""
-
-
-def make_row(**overrides) -> dict:
-    row = {"run_id": "bt100", "recipe": "100ep", "dataset": IMAGENET, "dataset_classes": 1000,
-           "dataset_train_images": 1281167, "seed": 0, "protocol": "linear",
-           "backbone": "pretrained", "epochs": 100, "top1": 68.123, "top5": 88.456,
-           "best_top1": 68.5, "pretrain_gpu_hours": 40.5, "eval_gpu_hours": 3.2, "device": A100,
-           "n_devices": 8, "git_sha": "0123abcd", "finished_at": "2025-01-02T03:04:05",
-           "run_dir": "results/runs/bt100"}
-    row.update(overrides)
-    # epochs at max resolution: the epochs of a fixed-resolution run, 0 without pretraining
-    row.setdefault("pretrain_epoch_equivalents",
-                   float(row["epochs"]) if row["backbone"] == "pretrained" else 0.0)
-    return row
-
-
 def test_header_written_once_and_values_round_trip(tmp_path):
     csv_path = tmp_path / "runs.csv"
     for i in range(3):
@@ -163,7 +134,9 @@ def test_bad_value_in_csv_names_file_line_and_column(tmp_path):
 
 
 def test_bad_file_through_the_command_is_one_line(tmp_path):
-    (tmp_path / "runs.csv").write_text(LEGACY_CSV.replace("69.3,98.35", "69.3,998.35"))
+    append_run_row(tmp_path / "runs.csv", make_row())
+    text = (tmp_path / "runs.csv").read_text()
+    (tmp_path / "runs.csv").write_text(text.replace("68.123,88.456", "68.123,988.456"))
     done = subprocess.run([sys.executable, "-m", "ffcv_bt.reporting.tables", "--results-dir", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -172,65 +145,39 @@ def test_bad_file_through_the_command_is_one_line(tmp_path):
     assert f"error: {tmp_path / 'runs.csv'} line 2, column 'top5'" in done.stderr
 
 
-def test_legacy_file_loads_with_unrecorded_cells(tmp_path):
+def test_older_header_is_refused_naming_the_file(tmp_path):
     csv_path = tmp_path / "runs.csv"
-    csv_path.write_text(LEGACY_CSV)
-    runs = read_runs(csv_path)
-    assert list(runs.columns) == RUNS_COLUMNS and len(runs) == 6
-    assert set(runs["dataset"]) == {"unrecorded"}
-    for key in ("dataset_classes", "dataset_train_images", "seed"):
-        assert runs[key].tolist() == [None] * 6
-    legacy = list(csv.DictReader(LEGACY_CSV.splitlines()))
-    assert runs["top1"].tolist() == [float(r["top1"]) for r in legacy]
-    assert runs["run_dir"].tolist() == [r["run_dir"] for r in legacy]  # absolute: accepted
+    older = [c for c in RUNS_COLUMNS if c != "pretrain_epoch_equivalents"]
+    csv_path.write_text(",".join(older) + "\n")
+    for action in (lambda: read_runs(csv_path), lambda: append_run_row(csv_path, make_row())):
+        with pytest.raises(ValueError, match=r"runs.csv line 1: header .* is not (the|a) runs.csv header"):
+            action()
+    assert csv_path.read_text() == ",".join(older) + "\n"
 
 
-def test_append_migrates_a_legacy_file_once(tmp_path):
+def test_rows_recorded_before_epoch_equivalents_read_as_none(tmp_path):
     csv_path = tmp_path / "runs.csv"
-    csv_path.write_text(LEGACY_CSV)
-    inode = csv_path.stat().st_ino
     append_run_row(csv_path, make_row(run_id="new"))
-    assert csv_path.stat().st_ino != inode  # replaced by a rename, never edited in place
-    with open(csv_path, newline="") as f:
-        records = list(csv.DictReader(f))
-    with open(csv_path, newline="") as f:
-        assert next(csv.reader(f)) == RUNS_COLUMNS
-    legacy = list(csv.DictReader(LEGACY_CSV.splitlines()))
-    assert len(records) == len(legacy) + 1
-    for old, migrated in zip(legacy, records):
-        assert {key: migrated[key] for key in LEGACY_COLUMNS} == old
-        assert [migrated[k] for k in ("dataset", "dataset_classes", "dataset_train_images",
-                                      "seed")] == ["", "", "", ""]
-    assert records[-1]["run_id"] == "new" and records[-1]["seed"] == "0"
-    inode = csv_path.stat().st_ino
-    append_run_row(csv_path, make_row(run_id="later"))
-    assert csv_path.stat().st_ino == inode  # a current file is only appended to
+    row = make_row(run_id="old")
+    row["pretrain_epoch_equivalents"] = ""
+    with open(csv_path, "a", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerow([row[k] for k in RUNS_COLUMNS])
     runs = read_runs(csv_path)
-    assert runs["run_id"].tolist()[-2:] == ["new", "later"]
-    assert runs["dataset"].tolist() == ["unrecorded"] * 6 + [IMAGENET] * 2
-
-
-def test_legacy_file_with_a_torn_row_is_not_migrated(tmp_path):
-    csv_path = tmp_path / "runs.csv"
-    csv_path.write_text(LEGACY_CSV + "crashed,demo,lin")
-    with pytest.raises(ValueError, match=r"runs.csv line 8: 3 fields.*not migrated"):
-        append_run_row(csv_path, make_row())
-    assert csv_path.read_text() == LEGACY_CSV + "crashed,demo,lin"
+    assert runs["pretrain_epoch_equivalents"].tolist() == [100.0, None]
+    with pytest.raises(ValueError, match="pretrain_epoch_equivalents"):
+        append_run_row(csv_path, row)  # a new row must state it
 
 
 def _append_many(csv_path: str, worker: int, n_rows: int, barrier) -> None:
-    barrier.wait()  # all workers race for the first write (header or migration)
+    barrier.wait()  # all workers race for the first write (the header)
     for i in range(n_rows):
         append_run_row(csv_path, make_row(run_id=f"w{worker}-{i}", top1=i / 2,
                                           run_dir="x" * 2000))  # long rows: many-byte writes
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("start", ["new", "legacy"])
-def test_concurrent_appends_lose_and_interleave_nothing(tmp_path, start):
+def test_concurrent_appends_lose_and_interleave_nothing(tmp_path):
     csv_path = tmp_path / "runs.csv"
-    if start == "legacy":  # every worker may wait on the file that the first one replaces
-        csv_path.write_text(LEGACY_CSV)
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(4)
     workers = [context.Process(target=_append_many, args=(str(csv_path), w, 25, barrier))
@@ -243,9 +190,8 @@ def test_concurrent_appends_lose_and_interleave_nothing(tmp_path, start):
     with open(csv_path, newline="") as f:
         records = list(csv.reader(f))
     assert records[0] == RUNS_COLUMNS
-    old = 6 if start == "legacy" else 0
-    assert len(records) == 1 + old + 100
-    parsed = [check_run_row(dict(zip(RUNS_COLUMNS, record))) for record in records[1 + old:]]
+    assert len(records) == 1 + 100
+    parsed = [check_run_row(dict(zip(RUNS_COLUMNS, record))) for record in records[1:]]
     assert sorted(row["run_id"] for row in parsed) == \
         sorted(f"w{w}-{i}" for w in range(4) for i in range(25))
     for row in parsed:

@@ -103,14 +103,6 @@ class AugmentationParams:
             solarize_p=(aug["solarize_p1"], aug["solarize_p2"]),
             solarize_threshold=aug["solarize_threshold"])
 
-    @classmethod
-    def no_augmentation(cls) -> AugmentationParams:
-        """Whole-image crops and every probability 0: views are plain resizes of the image."""
-        off = (0.0, 0.0)
-        return cls(crop_scale=(1.0, 1.0), crop_ratio=(1e-3, 1e3), flip_p=off, jitter_p=off,
-                   brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_p=off,
-                   blur_p=off, blur_sigma=(0.1, 0.1), solarize_p=off, solarize_threshold=128)
-
 
 def view_ops(aug: AugmentationParams, seed: EpochSeed, views: slice) -> dict[str, ViewOperation]:
     """The per-view ops after the crop, configured for the views selected by ``views`` (0, 1 or both)."""

@@ -40,12 +40,8 @@ run_dir                str    run folder RELATIVE to the repository root for new
                               absolute paths (older rows, folders outside the repo) are read
 =====================  =====  ==============================================================
 
-Older files (``OLDER_HEADERS``: ``LEGACY_COLUMNS`` without dataset, dataset_classes,
-dataset_train_images, seed; ``COLUMNS_V2`` without pretrain_epoch_equivalents) still load:
-the missing cells read as dataset "unrecorded" and None. Appending to such a file first
-migrates it, once, under the lock, atomically (temporary file + rename), to the current
-header; old rows keep their values and get empty new cells. Apart from that one-time
-migration, rows are never rewritten.
+Rows are never rewritten. Rows recorded before pretrain_epoch_equivalents existed (in the
+committed file) have that cell empty: it reads as None; every new row must state it.
 """
 from __future__ import annotations
 
@@ -59,25 +55,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from ffcv_bt.atomic_files import atomic_write
 from ffcv_bt.errors import UserError
 
-LEGACY_COLUMNS = ["run_id", "recipe", "protocol", "backbone", "epochs", "top1", "top5",
-                  "best_top1", "pretrain_gpu_hours", "eval_gpu_hours", "device", "n_devices",
-                  "git_sha", "finished_at", "run_dir"]
-COLUMNS_V2 = ["run_id", "recipe", "dataset", "dataset_classes", "dataset_train_images",
-              "seed", "protocol", "backbone", "epochs", "top1", "top5", "best_top1",
-              "pretrain_gpu_hours", "eval_gpu_hours", "device", "n_devices", "git_sha",
-              "finished_at", "run_dir"]
-RUNS_COLUMNS = COLUMNS_V2[:13] + ["pretrain_epoch_equivalents"] + COLUMNS_V2[13:]
-OLDER_HEADERS = (LEGACY_COLUMNS, COLUMNS_V2)
-NEW_COLUMNS = ("dataset", "dataset_classes", "dataset_train_images", "seed")
-OPTIONAL_NUMBERS = ("dataset_classes", "dataset_train_images", "seed",
-                    "pretrain_epoch_equivalents")  # None in rows recorded before them
+RUNS_COLUMNS = ["run_id", "recipe", "dataset", "dataset_classes", "dataset_train_images",
+                "seed", "protocol", "backbone", "epochs", "top1", "top5", "best_top1",
+                "pretrain_gpu_hours", "pretrain_epoch_equivalents", "eval_gpu_hours", "device",
+                "n_devices", "git_sha", "finished_at", "run_dir"]
+OPTIONAL_NUMBERS = ("pretrain_epoch_equivalents",)  # None in rows recorded before it
 PROTOCOLS = ("linear", "semi1", "semi10", "knn")
 BACKBONES = ("pretrained", "supervised", "random", "pixels", "external")
 TRAINED = ("pretrained", "supervised")  # rows that carry a training cost
-UNRECORDED = "unrecorded"  # the dataset of rows recorded before the column existed
 MAX_SEED = 2**31 - 1
 
 _RECIPE_NAME = re.compile(r"[^\s/\\]+")  # a file stem: no spaces or folders
@@ -115,9 +102,9 @@ def _integer(row: dict, key: str, low: int, high: float = math.inf) -> int:
     return int(number)
 
 
-def _parse(row: dict, legacy_cells_allowed: bool) -> dict:
-    """Validate and parse one row; with ``legacy_cells_allowed`` the NEW_COLUMNS may be
-    empty (rows recorded before they existed)."""
+def _parse(row: dict, new: bool) -> dict:
+    """Validate and parse one row; a row read from a file (not ``new``) may have an empty
+    pretrain_epoch_equivalents (recorded before it existed)."""
     missing = [key for key in RUNS_COLUMNS if key not in row]
     unknown = [key for key in row if key not in RUNS_COLUMNS]
     if missing:
@@ -142,14 +129,18 @@ def _parse(row: dict, legacy_cells_allowed: bool) -> dict:
         clean[key] = _number(row, key, 0.0)
     clean["epochs"] = _integer(row, "epochs", 0)
     clean["n_devices"] = _integer(row, "n_devices", 1)
-    _parse_dataset_and_seed(row, clean, legacy_cells_allowed)
+    if not clean["dataset"].strip():
+        raise RunRowError("dataset", "is empty")
+    clean["dataset_classes"] = _integer(row, "dataset_classes", 1)
+    clean["dataset_train_images"] = _integer(row, "dataset_train_images", 1)
+    clean["seed"] = _integer(row, "seed", 0, MAX_SEED)
     if clean["backbone"] in ("random", "pixels") and clean["epochs"] != 0:
         raise RunRowError("epochs", f"{clean['epochs']} for backbone {clean['backbone']!r}: "
                                     f"nothing was pretrained, must be 0")
     if clean["backbone"] not in TRAINED and clean["pretrain_gpu_hours"] != 0:
         raise RunRowError("pretrain_gpu_hours", f"{clean['pretrain_gpu_hours']} for backbone "
                           f"{clean['backbone']!r}: no pretraining here, must be 0")
-    if legacy_cells_allowed and clean["pretrain_epoch_equivalents"] == "":
+    if not new and clean["pretrain_epoch_equivalents"] == "":
         clean["pretrain_epoch_equivalents"] = None
     else:
         clean["pretrain_epoch_equivalents"] = _number(row, "pretrain_epoch_equivalents", 0.0)
@@ -158,24 +149,10 @@ def _parse(row: dict, legacy_cells_allowed: bool) -> dict:
     return clean
 
 
-def _parse_dataset_and_seed(row: dict, clean: dict, legacy_cells_allowed: bool) -> None:
-    if legacy_cells_allowed and not clean["dataset"].strip():
-        clean["dataset"] = UNRECORDED
-    elif not clean["dataset"].strip():
-        raise RunRowError("dataset", "is empty")
-    bounds = {"dataset_classes": (1, math.inf), "dataset_train_images": (1, math.inf),
-              "seed": (0, MAX_SEED)}
-    for key, (low, high) in bounds.items():
-        if legacy_cells_allowed and clean[key] == "":
-            clean[key] = None
-        else:
-            clean[key] = _integer(row, key, low, high)
-
-
 def check_run_row(row: dict) -> dict:
     """Validate a NEW row (all keys of RUNS_COLUMNS, see the module docstring); return it
     with numbers parsed. Raises RunRowError (a ValueError) naming the offending key."""
-    return _parse(row, legacy_cells_allowed=False)
+    return _parse(row, new=True)
 
 
 def relative_run_dir(run_dir: str | os.PathLike, repo_root: str | os.PathLike) -> str:
@@ -214,61 +191,23 @@ def _csv_line(values: list) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _migrated(csv_path: Path, data: bytes) -> bytes:
-    """The bytes of an OLDER_HEADERS file rewritten under RUNS_COLUMNS (new cells empty).
-    Refuses (ValueError naming the line) a row with the wrong number of fields."""
-    text = data.decode("utf-8")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    columns = next(reader)
-    out = [_csv_line(RUNS_COLUMNS)]
-    for record in reader:
-        if not record:
-            continue
-        if len(record) != len(columns):
-            raise RunsFileError(f"{csv_path} line {reader.line_num}: {len(record)} fields, "
-                                f"expected {len(columns)}; fix it before appending "
-                                f"(the file was not migrated)")
-        old = dict(zip(columns, record))
-        out.append(_csv_line([old.get(key, "") for key in RUNS_COLUMNS]))
-    return b"".join(out)
-
-
-def _lock_current(csv_path: Path):
-    """Open ``csv_path`` for appending and hold its exclusive flock, retrying if the file
-    was replaced (migrated) while we waited: the lock must be on the file at the path."""
-    while True:
-        f = open(csv_path, "ab+")  # append mode: every write lands at the end
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            if os.stat(csv_path).st_ino == os.fstat(f.fileno()).st_ino:
-                return f
-        except FileNotFoundError:
-            pass
-        f.close()  # closing releases the lock on the replaced file
-
-
 def append_run_row(csv_path: str | os.PathLike, row: dict) -> None:
     """Append one validated new row to ``csv_path``, safely under concurrent writers.
 
     An exclusive ``flock`` serialises writers: the header is written exactly once (when the
     file is new or empty), rows never interleave, and a row after a torn last line starts
-    on its own line. An OLDER_HEADERS file is migrated once (atomically, under the lock)
-    together with this row; any other header is refused.
+    on its own line. A file with another header is refused.
     """
     csv_path = Path(csv_path)
     clean = check_run_row(row)
     line = _csv_line(["" if clean[key] is None else clean[key] for key in RUNS_COLUMNS])
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    f = _lock_current(csv_path)
+    f = open(csv_path, "ab+")  # append mode: every write lands at the end
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
     try:
         f.seek(0)
         header = f.readline().decode("utf-8")
         columns = next(csv.reader([header])) if header else []
-        if columns in OLDER_HEADERS:
-            f.seek(0)
-            data = _migrated(csv_path, f.read())
-            atomic_write(csv_path, lambda tmp: _write_synced(tmp, data + line))
-            return
         if not header:
             line = _csv_line(RUNS_COLUMNS) + line
         elif columns != RUNS_COLUMNS:
@@ -286,16 +225,8 @@ def append_run_row(csv_path: str | os.PathLike, row: dict) -> None:
         f.close()
 
 
-def _write_synced(path: str, data: bytes) -> None:
-    with open(path, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-
-
 def read_runs(csv_path: str | os.PathLike) -> pd.DataFrame:
-    """Validated rows of ``csv_path`` under RUNS_COLUMNS (empty frame if missing or empty;
-    legacy files and rows read with dataset "unrecorded" and None for the new numbers),
+    """Validated rows of ``csv_path`` under RUNS_COLUMNS (empty frame if missing or empty),
     keeping the latest row per (run_id, protocol, backbone): a re-run evaluation
     supersedes the earlier one. A bad file raises ValueError naming file, line, column."""
     csv_path = Path(csv_path)
@@ -304,9 +235,9 @@ def read_runs(csv_path: str | os.PathLike) -> pd.DataFrame:
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         columns = next(reader, [])
-        if columns != RUNS_COLUMNS and columns not in OLDER_HEADERS:
-            raise RunsFileError(f"{csv_path} line 1: header {columns} is neither the runs.csv "
-                             f"header {RUNS_COLUMNS} nor an older one {list(OLDER_HEADERS)}")
+        if columns != RUNS_COLUMNS:
+            raise RunsFileError(f"{csv_path} line 1: header {columns} is not the runs.csv "
+                                f"header {RUNS_COLUMNS}")
         rows = []
         for record in reader:
             if not record:
@@ -315,9 +246,8 @@ def read_runs(csv_path: str | os.PathLike) -> pd.DataFrame:
                 raise RunsFileError(f"{csv_path} line {reader.line_num}: {len(record)} fields, "
                                  f"expected {len(columns)} (a torn or hand-edited row?)")
             values = dict(zip(columns, record))
-            values = {key: values.get(key, "") for key in RUNS_COLUMNS}
             try:
-                rows.append(_parse(values, legacy_cells_allowed=True))
+                rows.append(_parse(values, new=False))
             except RunRowError as error:
                 raise RunsFileError(f"{csv_path} line {reader.line_num}, column {error.column!r}: "
                                  f"{error.detail}") from None

@@ -40,7 +40,6 @@ from ffcv_bt.reporting.runs_csv import (  # noqa: F401 (re-exported)
     BACKBONES,
     PROTOCOLS,
     RUNS_COLUMNS,
-    UNRECORDED,
     append_run_row,
     check_run_row,
     read_runs,
@@ -159,7 +158,7 @@ class Configuration:
 
     def seeds(self) -> str:
         seeds = dict.fromkeys(row["seed"] for row in self.all_rows())
-        return ", ".join("unrecorded" if s is None else str(s) for s in seeds)
+        return ", ".join(str(s) for s in seeds)
 
     def hours_per_run(self) -> tuple[float, float]:
         """Mean over runs of (pretraining hours, pretraining + these evaluations' hours)."""
@@ -294,8 +293,7 @@ def _provenance(runs: pd.DataFrame) -> str:
     lines += ["", "Runs:", ""]
     for run_id, rows in runs.groupby("run_id", sort=False):
         last = rows.iloc[-1]
-        seed = "unrecorded" if last["seed"] is None else last["seed"]
-        lines.append(f"- `{_text(run_id)}`: seed {seed}, data set {_text(last['dataset'])}, "
+        lines.append(f"- `{_text(run_id)}`: seed {last['seed']}, data set {_text(last['dataset'])}, "
                      f"commit `{_text(last['git_sha']) or 'unknown'}`, "
                      f"finished {_text(last['finished_at']) or 'unknown'}, "
                      f"run dir `{_text(last['run_dir']) or 'unknown'}`")
@@ -327,8 +325,7 @@ def _notes() -> list[str]:
         "- Rows of one recipe made by different code revisions are separate configurations "
         "(\"recipe @ commit\" where a recipe has several): a recipe or a baseline changed "
         "between them (e.g. the random-init control before and after 2026-12-03).",
-        "- When an evaluation was recorded more than once, the last row of runs.csv counts. "
-        "Rows recorded before runs.csv had a data set and seed show them as unrecorded.",
+        "- When an evaluation was recorded more than once, the last row of runs.csv counts.",
     ]
 
 
@@ -433,8 +430,7 @@ def plot_cost_accuracy(runs: pd.DataFrame, png_path: str | os.PathLike) -> Path:
     handles += [handle(BACKBONE_NAMES[b], fill=f) for b, f in _FILL.items()]
     handles += [handle(f"{PAPER.name} (ImageNet-1k)", color="black"),
                 handle(f"{RELEASED_WEIGHTS.name} (ImageNet-1k)", color="darkgray")]
-    handles += [handle(f"ours: {'data set ' if name == UNRECORDED else ''}{name}",
-                       color=colors[name]) for name in datasets]
+    handles += [handle(f"ours: {name}", color=colors[name]) for name in datasets]
     ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if skipped:
         fig.text(0.01, 0.01, f"{skipped} point(s) with 0 hours not shown (log axis)", fontsize=7)
