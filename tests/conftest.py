@@ -1,29 +1,11 @@
-"""Shared fixtures (a tiny real dataset folder for loader, training and evaluation tests)
-and the own-process test modules.
-
-The modules in OWN_PROCESS call the numba kernels directly. Once FFCV has compiled a
-pipeline around a kernel, numba 0.68 serves a direct Python call of the same kernel in that
-process an overload compiled in the pipeline's context, which returns wrong pixels (zeros)
-or raises a dispatcher KeyError (the loader's own output is right, and tested). So a session
-that collects other modules too skips these and tests/test_own_process.py runs each of them
-in a pytest process of its own; naming one on the command line runs it in place.
-"""
+"""Shared fixtures (a tiny real dataset folder for loader, training and evaluation tests),
+and the own_process marker (tests/own_process.py)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-
-OWN_PROCESS = ("test_ops.py", "test_aug_draws.py", "test_fidelity.py")
-CHILD_ENV = "FFCV_BT_OWN_PROCESS"  # set in the child pytest processes
-
-
-def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    if collection_path.name not in OWN_PROCESS or os.environ.get(CHILD_ENV):
-        return None
-    named = {Path(str(arg).split("::")[0]).resolve() for arg in config.args}
-    return collection_path.resolve() not in named
+from own_process import pytest_collection_modifyitems, pytest_configure  # noqa: F401 (hooks)
 
 
 @pytest.fixture(scope="session")

@@ -33,6 +33,8 @@ from ffcv_bt.augment.solarize import RandomSolarizeViews
 from ffcv_bt.config import RULES_DIR, load_recipe
 from ffcv_bt.data.pretrain_loader import AugmentationParams, view_transforms
 
+pytestmark = pytest.mark.own_process  # calls numba kernels directly: tests/own_process.py
+
 # The reference recipe (Barlow Twins paper and code): per-view probabilities and strengths.
 REFERENCE_P = {RandomFlipViews: (0.5, 0.5), RandomColorJitterViews: (0.8, 0.8),
                RandomGrayscaleViews: (0.2, 0.2), RandomGaussianBlurViews: (1.0, 0.1),

@@ -7,6 +7,8 @@ import pytest
 
 from bench import fidelity
 
+pytestmark = pytest.mark.own_process  # calls numba kernels directly: tests/own_process.py
+
 TARGETS = {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "hue": 0.5,
            "blur sigma 0.1": 0.5, "blur sigma 1": 0.5, "blur sigma 2": 0.5,
            "grayscale": 0.1, "solarize": 0.0}

@@ -34,6 +34,8 @@ from ffcv_bt.augment.grayscale import RandomGrayscaleViews, to_grayscale
 from ffcv_bt.augment.rng import EpochSeed, stream_key, uniform
 from ffcv_bt.augment.solarize import RandomSolarizeViews, solarize
 
+pytestmark = pytest.mark.own_process  # calls numba kernels directly: tests/own_process.py
+
 
 def photo_like(height: int = 24, width: int = 30, seed: int = 0) -> np.ndarray:
     """A uint8 (H, W, 3) image with smooth colour gradients, saturated areas and noise."""
