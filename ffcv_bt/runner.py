@@ -7,26 +7,38 @@ versions, device, per-stage wall time and device-hours), ``config.yaml``, and on
 sub-folder per stage. A stage with a ``result.json`` is done and skipped; an unfinished
 stage resumes from its checkpoint. Each finished evaluation appends one row to
 ``results/runs.csv`` exactly once (recorded in run.json) and regenerates the tables.
+
+The modules marked ``# ffcv`` (and matplotlib, submitit) are imported where they are used:
+importing ffcv 1.0.2 compiles a numba typed dict (5-40 s per process on 2 cores), which a
+dry run, a sweep's checks and a one-line input error should not pay.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ffcv_bt.atomic_files import atomic_write_json, atomic_write_text
+from ffcv_bt.cli import run_command
 from ffcv_bt.config import REPO_ROOT, Recipe, load_recipe, parse_overrides
+from ffcv_bt.data.manifest import Manifest
 from ffcv_bt.distributed.collectives import barrier, broadcast_object
 from ffcv_bt.distributed.process_group import DistInfo, process_group
 from ffcv_bt.errors import ConfigError, RunFolderError
+from ffcv_bt.method.schedules import pretrain_cost_factor
 from ffcv_bt.reporting.accounting import (
     code_version,
     device_description,
     library_versions,
 )
+from ffcv_bt.reporting.dry_run import describe_plan, fit_to_budget
+from ffcv_bt.reporting.runs_csv import append_run_row, evaluation_row
+from ffcv_bt.sweep import run_sweep
 
 DEFAULT_RECIPE = REPO_ROOT / "rules" / "demo.yaml"
 
@@ -87,10 +99,10 @@ def _evaluate(recipe: Recipe, protocol: str, weights: str, out_dir: Path,
               dist: DistInfo) -> dict[str, Any]:
     """One evaluation stage: the kNN protocol, or a trained one (linear, semi1, semi10)."""
     if protocol == "knn":
-        from ffcv_bt.evaluation.knn import evaluate_knn
+        from ffcv_bt.evaluation.knn import evaluate_knn  # ffcv
 
         return evaluate_knn(recipe, weights, out_dir, dist)
-    from ffcv_bt.evaluation.trained import evaluate
+    from ffcv_bt.evaluation.trained import evaluate  # ffcv
 
     return evaluate(recipe, protocol, weights, out_dir, dist)
 
@@ -99,11 +111,8 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
                dist: DistInfo) -> tuple[str, list[dict]]:
     """Run every stage of ``recipe`` into ``run_dir``; return a printable summary and the
     runs.csv rows of its evaluations."""
-    from ffcv_bt.data.manifest import Manifest
-    from ffcv_bt.reporting.dry_run import pretrain_cost_factor
-    from ffcv_bt.reporting.runs_csv import append_run_row, evaluation_row
-    from ffcv_bt.reporting.tables import generate
-    from ffcv_bt.train.pretrain import pretrain
+    from ffcv_bt.reporting.tables import generate  # matplotlib
+    from ffcv_bt.train.pretrain import pretrain  # ffcv
 
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = _load_metadata(recipe, run_dir, dist)
@@ -136,7 +145,7 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
 
     supervised_path, supervised_hours = None, 0.0
     if any(kind == "supervised" for _, _, kind in evaluations):
-        from ffcv_bt.train.supervised import SupervisedTraining, train_supervised
+        from ffcv_bt.train.supervised import SupervisedTraining, train_supervised  # ffcv
 
         supervised_path = SupervisedTraining.backbone_path(run_dir / "supervised", recipe)
         start = time.time()
@@ -248,8 +257,6 @@ def choose_run_dir(args: argparse.Namespace, recipe: Recipe, several_seeds: bool
 
 def seed_summary(summaries: list[list[dict]]) -> str:
     """Mean ± sample std over seeds of each (protocol, backbone) top-1 (printed at the end)."""
-    import statistics
-
     by_key: dict[tuple[str, str], list[float]] = {}
     for rows in summaries:
         for row in rows:
@@ -273,38 +280,32 @@ def main(argv: list[str]) -> int:
     """``run.py``'s command line (see run.py): the recipe once per seed."""
     args, overrides = parse_args(argv)
     if args.sweep:
-        from ffcv_bt.sweep import run_sweep
-
         return run_sweep(args.sweep, args, overrides, main)
 
     def load(values: dict[str, str]) -> Recipe:
         recipe = load_recipe(args.config, values)
         if args.name:
             check_run_name(args.name)
-            recipe.name = args.name
+            recipe = dataclasses.replace(recipe, name=args.name)
         return recipe
 
     recipe = load(overrides)
     if args.budget_hours is not None:
-        from ffcv_bt.reporting.dry_run import fit_to_budget
-
         if "optim.epochs" in overrides:
             raise ConfigError("--budget-hours chooses optim.epochs; drop --optim.epochs")
         overrides.update({k: str(v) for k, v in fit_to_budget(recipe, args.budget_hours).items()})
         recipe = load(overrides)
     if args.dry_run:
-        from ffcv_bt.reporting.dry_run import describe_plan
-
         print(describe_plan(recipe))
         return 0
     if args.slurm:
-        from ffcv_bt.distributed.slurm import submit
+        from ffcv_bt.distributed.slurm import submit  # submitit
 
         run_dir = Path(args.out) if args.out else choose_run_dir(args, recipe, False)
         job = submit(recipe, run_dir, argv, entry=main)
         print(f"submitted SLURM job {job.job_id}; run folder {run_dir}")
         return 0
-    from ffcv_bt.preflight import check_run_inputs
+    from ffcv_bt.preflight import check_run_inputs  # ffcv
 
     results_dir = Path(args.results_dir)
     check_run_inputs(recipe, Path(args.out) if args.out else results_dir / "runs", results_dir)
@@ -326,6 +327,4 @@ def main(argv: list[str]) -> int:
 
 def console() -> None:
     """The ``ffcv-bt`` console script: ``run.py``'s command line."""
-    from ffcv_bt.cli import run_command
-
     raise SystemExit(run_command(main))

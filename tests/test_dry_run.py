@@ -199,7 +199,7 @@ def test_cost_of_a_progressive_recipe_against_a_hand_computed_one(tmp_path: Path
     """4 epochs, 160 -> 224 px ramped over epochs 0..4, nearest multiple of 32: 160, 192
     (176 = 5.5 x 32, half to even: 6), 192, 192 (208 = 6.5 x 32: 6). Epochs-equivalent at
     224 px: (160/224)^2 + 3 (192/224)^2 = (25 + 3 x 36) / 49 = 133 / 49."""
-    from ffcv_bt.reporting.dry_run import pretrain_cost_factor
+    from ffcv_bt.method.schedules import pretrain_cost_factor
 
     recipe = _recipe(tmp_path, "1000ep.yaml", **{
         "optim.epochs": "4", "resolution.min_res": "160", "resolution.max_res": "224",

@@ -13,8 +13,8 @@ from ffcv_bt.method.schedules import (
     lr_at,
     resolution_at,
     resolution_of_recipe,
+    resolution_segments,
 )
-from ffcv_bt.reporting.dry_run import resolution_segments
 
 
 def test_resolution_holds_ramps_and_holds() -> None:

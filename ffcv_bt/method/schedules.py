@@ -1,4 +1,6 @@
-"""Pure schedule functions: resolution per epoch and learning rate per step.
+"""Pure schedule functions: resolution per epoch, learning rate per step, and what a
+schedule costs (runs of equal resolution, epoch-equivalents at max_res, device-hours at a
+throughput, a schedule stretched to other epochs).
 
 Kept free of state so they can be tested at their key points and printed by
 ``run.py --dry-run`` without building anything.
@@ -6,8 +8,12 @@ Kept free of state so they can be tested at their key points and printed by
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ffcv_bt.config import Recipe
 
 
 def resolution_at(epoch: int, min_res: int, max_res: int, start_ramp: int, end_ramp: int,
@@ -56,3 +62,45 @@ def lr_at(step: int, steps_per_epoch: int, epochs: int, batch_size: int,
 def cosine_epoch_lr(epoch: int, epochs: int, base_lr: float) -> float:
     """Cosine decay per epoch from ``base_lr`` to 0 (evaluation protocols)."""
     return base_lr * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def schedule_segments(resolution: dict[str, int], epochs: int) -> list[tuple[int, int, int]]:
+    """[(first epoch, last epoch, resolution)] runs of equal resolution."""
+    r = resolution
+    segments: list[tuple[int, int, int]] = []
+    for e in range(epochs):
+        res = resolution_of_recipe(e, r)
+        if segments and segments[-1][2] == res:
+            segments[-1] = (segments[-1][0], e, res)
+        else:
+            segments.append((e, e, res))
+    return segments
+
+
+def resolution_segments(recipe: Recipe) -> list[tuple[int, int, int]]:
+    """[(first epoch, last epoch, resolution)] of the recipe's schedule."""
+    return schedule_segments(recipe.resolution, recipe.optim.epochs)
+
+
+def pretrain_cost_factor(recipe: Recipe) -> float:
+    """Sum over epochs of (res / max_res)^2: epochs-equivalent at max_res."""
+    max_res = recipe.resolution.max_res
+    return sum((last - first + 1) * (res / max_res) ** 2
+               for first, last, res in resolution_segments(recipe))
+
+
+def schedule_hours(resolution: dict[str, int], epochs: int, n_train: int,
+                   rate: Callable[[int], float]) -> float:
+    """Device-hours of ``epochs`` over ``n_train`` images at ``rate(res)`` images/s per device."""
+    return sum((last - first + 1) * n_train / rate(res)
+               for first, last, res in schedule_segments(resolution, epochs)) / 3600
+
+
+def scaled_schedule(recipe: Recipe, epochs: int) -> dict[str, Any]:
+    """Overrides that stretch the recipe's schedule to ``epochs``: the resolution ramp and
+    the warmup keep their fractions of the run."""
+    o, r = recipe.optim, recipe.resolution
+    f = epochs / o["epochs"]
+    start = round(r["start_ramp"] * f)
+    return {"optim.epochs": epochs, "optim.warmup_epochs": o["warmup_epochs"] * f,
+            "resolution.start_ramp": start, "resolution.end_ramp": max(start, round(r["end_ramp"] * f))}

@@ -14,12 +14,18 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ffcv_bt.config import Recipe
 from ffcv_bt.data.manifest import MANIFEST_NAME, Manifest
 from ffcv_bt.errors import ConfigError
-from ffcv_bt.method.schedules import lr_at, resolution_of_recipe
+from ffcv_bt.method.schedules import (
+    lr_at,
+    pretrain_cost_factor,
+    resolution_segments,
+    scaled_schedule,
+    schedule_hours,
+)
 from ffcv_bt.reporting import device_profile
 from ffcv_bt.reporting.published import BASELINE_HARDWARE, BASELINE_HOURS
 
@@ -81,52 +87,11 @@ def throughput(recipe: Recipe, devices_dir: str | Path | None = None) -> Through
                       None, est["pretrain_images_per_s"], max_res, est["eval_images_per_s"])
 
 
-def schedule_segments(resolution: dict[str, int], epochs: int) -> list[tuple[int, int, int]]:
-    """[(first epoch, last epoch, resolution)] runs of equal resolution."""
-    r = resolution
-    segments: list[tuple[int, int, int]] = []
-    for e in range(epochs):
-        res = resolution_of_recipe(e, r)
-        if segments and segments[-1][2] == res:
-            segments[-1] = (segments[-1][0], e, res)
-        else:
-            segments.append((e, e, res))
-    return segments
-
-
-def resolution_segments(recipe: Recipe) -> list[tuple[int, int, int]]:
-    """[(first epoch, last epoch, resolution)] of the recipe's schedule."""
-    return schedule_segments(recipe.resolution, recipe.optim.epochs)
-
-
-def pretrain_cost_factor(recipe: Recipe) -> float:
-    """Sum over epochs of (res / max_res)^2: epochs-equivalent at max_res."""
-    max_res = recipe.resolution.max_res
-    return sum((last - first + 1) * (res / max_res) ** 2
-               for first, last, res in resolution_segments(recipe))
-
-
-def _schedule_hours(resolution: dict[str, int], epochs: int, n_train: int,
-                    rate: Callable[[int], float]) -> float:
-    return sum((last - first + 1) * n_train / rate(res)
-               for first, last, res in schedule_segments(resolution, epochs)) / 3600
-
-
 def pretrain_device_hours(recipe: Recipe, tp: Throughput, n_train: int) -> float:
     """Estimated pretraining device-hours (devices x wall hours) of the recipe."""
     if tp.pretrain_rate(recipe.resolution.max_res) <= 0:
         return math.nan
-    return _schedule_hours(recipe.resolution, recipe.optim.epochs, n_train, tp.pretrain_rate)
-
-
-def scaled_schedule(recipe: Recipe, epochs: int) -> dict[str, Any]:
-    """Overrides that stretch the recipe's schedule to ``epochs``: the resolution ramp and
-    the warmup keep their fractions of the run."""
-    o, r = recipe.optim, recipe.resolution
-    f = epochs / o["epochs"]
-    start = round(r["start_ramp"] * f)
-    return {"optim.epochs": epochs, "optim.warmup_epochs": o["warmup_epochs"] * f,
-            "resolution.start_ramp": start, "resolution.end_ramp": max(start, round(r["end_ramp"] * f))}
+    return schedule_hours(recipe.resolution, recipe.optim.epochs, n_train, tp.pretrain_rate)
 
 
 def fit_to_budget(recipe: Recipe, hours: float, devices_dir: str | Path | None = None
@@ -150,7 +115,7 @@ def fit_to_budget(recipe: Recipe, hours: float, devices_dir: str | Path | None =
         fitted = scaled_schedule(recipe, epochs)
         res = {**r, "start_ramp": fitted["resolution.start_ramp"],
                "end_ramp": fitted["resolution.end_ramp"]}
-        return _schedule_hours(res, epochs, n_train, tp.pretrain_rate)
+        return schedule_hours(res, epochs, n_train, tp.pretrain_rate)
 
     one = cost(1)
     if one > hours:
