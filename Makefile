@@ -64,11 +64,12 @@ apt:
 	fi
 
 # The stamp depends on the requirements and project files: edit them and the next call reinstalls.
-$(STAMP): requirements.txt pyproject.toml | apt
+$(STAMP): requirements.txt pyproject.toml install/patch_ffcv.py | apt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install --quiet setuptools==84.2.1 wheel
 	$(VPY) -m pip install --quiet --no-build-isolation -r requirements.txt
 	$(VPY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(VPY) install/patch_ffcv.py
 	touch $(STAMP)
 
 clean-venv:

@@ -9,8 +9,9 @@ stage resumes from its checkpoint. Each finished evaluation appends one row to
 ``results/runs.csv`` exactly once (recorded in run.json) and regenerates the tables.
 
 The modules marked ``# ffcv`` (and matplotlib, submitit) are imported where they are used:
-importing ffcv 1.0.2 compiles a numba typed dict (5-40 s per process on 2 cores), which a
-dry run, a sweep's checks and a one-line input error should not pay.
+importing ffcv imports torch and numba (seconds on 2 cores; unpatched ffcv 1.0.2 also
+compiles a numba typed dict, see install/patch_ffcv.py), which a dry run, a sweep's checks
+and a one-line input error should not pay.
 """
 from __future__ import annotations
 
