@@ -72,7 +72,10 @@ def submit(recipe: Recipe, run_dir: Path, argv: list[str],
     params: dict[str, Any] = dict(
         nodes=s["nodes"], ntasks_per_node=s["gpus_per_node"], gpus_per_node=s["gpus_per_node"],
         cpus_per_task=s["cpus_per_task"], time=s["timeout_min"], job_name=f"ffcv-bt-{recipe.name}",
-        signal_delay_s=120)
+        signal_delay_s=120,
+        # Slurm >= 22.05: srun no longer inherits --cpus-per-task from sbatch, so each task
+        # would get 1 CPU and numba would clamp the loader to 1 thread.
+        srun_args=[f"--cpus-per-task={s['cpus_per_task']}"])
     if s["partition"]:
         params["partition"] = s["partition"]
     if s["account"]:
