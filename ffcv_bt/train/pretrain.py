@@ -34,6 +34,7 @@ from ffcv_bt.errors import NonFiniteLoss, Preempted
 from ffcv_bt.method.lars import LARS, param_groups_for_lars, set_learning_rates
 from ffcv_bt.method.model import BarlowTwins, convert_sync_batchnorm
 from ffcv_bt.method.schedules import lr_at, resolution_of_recipe
+from ffcv_bt.preflight import check_device_settings
 from ffcv_bt.reporting.accounting import StageClock, device_description
 from ffcv_bt.stage.checkpoints import load_checkpoint, save_checkpoint, to_cpu
 from ffcv_bt.stage.mixed_precision import autocast_dtype
@@ -64,6 +65,7 @@ class Pretrainer:
         self.ckpt_path = self.out_dir / "checkpoint.pt"
         self.device = dist.device
         seed_everything(recipe["train"]["seed"])
+        check_device_settings(recipe, self.device.type == "cuda")
         if recipe["train"]["deterministic"]:
             torch.use_deterministic_algorithms(True)
         elif self.device.type == "cuda":
