@@ -117,7 +117,7 @@ def gather_rows(tensor: Tensor) -> Tensor:
     """Every rank's rows concatenated in rank order, outside autograd (row counts may differ)."""
     if world_size() == 1:
         return tensor
-    counts = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = torch.full((1,), tensor.shape[0], dtype=torch.int64, device=tensor.device)
     all_counts = [torch.zeros_like(counts) for _ in range(world_size())]
     dist.all_gather(all_counts, counts)
     most = int(max(c.item() for c in all_counts))
