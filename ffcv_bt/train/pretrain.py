@@ -37,7 +37,7 @@ from ffcv_bt.method.schedules import lr_at, resolution_of_recipe
 from ffcv_bt.preflight import check_device_settings
 from ffcv_bt.reporting.accounting import StageClock, device_description
 from ffcv_bt.stage.checkpoints import load_checkpoint, save_checkpoint, to_cpu
-from ffcv_bt.stage.mixed_precision import autocast_dtype
+from ffcv_bt.stage.mixed_precision import autocast_dtype, set_tf32
 from ffcv_bt.stage.skeleton import append_log, per_rank_batch, run_stage, set_stage_threads
 from ffcv_bt.train.monitor import TrainingMonitor
 from ffcv_bt.train.step import barlow_step
@@ -127,6 +127,7 @@ class Pretrainer:
                     momentum=o["momentum"], eta=o["eta"])
 
     def create_precision(self) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+        set_tf32(self.recipe["train"]["precision"])
         dtype = autocast_dtype(self.recipe["train"]["precision"], self.device)
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         return dtype, scaler
