@@ -1,7 +1,8 @@
 """Every input a run will read, checked before the first step of the first stage.
 
 The manifest, both .beton headers (against the manifest's counts), the label subsets the
-semi-supervised stages read, and the writability of the run and results folders: a bad
+semi-supervised stages read, the settings the device cannot run (``train.deterministic`` on
+CUDA), and the writability of the run and results folders: a bad
 one is the one-line error the stage itself would raise, but seconds after the start
 instead of after hours of pretraining. The recipe and protocol files were checked when the
 recipe was loaded.
@@ -13,11 +14,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ffcv_bt.config import Recipe
 from ffcv_bt.data.ffcv_loading import check_beton
 from ffcv_bt.data.manifest import REWRITE_HINT, Manifest, beton_path
-from ffcv_bt.errors import DataError, RunFolderError
+from ffcv_bt.errors import ConfigError, DataError, RunFolderError
 
 
 def check_data(recipe: Recipe) -> Manifest:
@@ -56,6 +58,22 @@ def check_subset(manifest: Manifest, percent: int, train_images: int) -> np.ndar
     return indices
 
 
+def check_device_settings(recipe: Recipe, cuda: bool | None = None) -> None:
+    """Refuse settings the device cannot run; ``cuda`` defaults to where the run will train
+    (``torch.cuda.is_available()``, as ffcv_bt.distributed.process_group.setup picks).
+
+    ``train.deterministic`` on CUDA: the backbone's adaptive-avg-pool backward has no
+    deterministic CUDA kernel (and cuBLAS would need ``CUBLAS_WORKSPACE_CONFIG``), so
+    ``torch.use_deterministic_algorithms`` makes the first step raise.
+    """
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if cuda and recipe.train.deterministic:
+        raise ConfigError("train.deterministic: true cannot run on CUDA (adaptive-avg-pool backward "
+                          "has no deterministic CUDA kernel): set --train.deterministic=false, or "
+                          "run on the CPU with CUDA_VISIBLE_DEVICES=\"\"")
+
+
 def check_writable(folder: Path, what: str) -> None:
     """``folder`` (created if missing) accepts a new file."""
     try:
@@ -72,6 +90,7 @@ def check_writable(folder: Path, what: str) -> None:
 def check_run_inputs(recipe: Recipe, run_root: Path, results_dir: Path) -> Manifest:
     """All of the above for one ``run.py`` call; returns the manifest."""
     manifest = check_data(recipe)
+    check_device_settings(recipe)
     check_writable(run_root, "run folder")
     check_writable(results_dir, "results folder")
     runs_csv = results_dir / "runs.csv"

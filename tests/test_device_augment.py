@@ -180,3 +180,26 @@ def test_both_modes_equal_pil_on_the_loaders_own_crops(photo_beton):
             worst = max(worst, float(((a - b).abs() * std * 255).max()))
     assert len(device_views) == len(numba_views) == NUM_PHOTOS // 16
     assert worst <= 1.0, f"device path differs from the numba path by {worst} levels"
+
+
+def test_blur_sends_its_weights_to_the_device_once(photos, monkeypatch):
+    """Four radii, one host-to-device copy (indices and weights together), not three per radius;
+    the values are those of the per-sample blur."""
+    sigmas = np.array([0.1, 0.45, 0.9, 1.3, 2.0, 2.7, 4.5, 1.7])
+    assert len(np.unique(dev.pil_box_weights(sigmas)[0])) >= 4
+    planes = as_planes(photos)
+    device_moves = []
+    original_to = torch.Tensor.to
+
+    def counting_to(self, *args, **kwargs):
+        if any(isinstance(a, (torch.device, str)) for a in args) or "device" in kwargs:
+            device_moves.append(tuple(self.shape))
+        return original_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", counting_to)
+    together = dev.gaussian_blur(planes, sigmas)
+    monkeypatch.undo()
+    assert device_moves == [(3, len(sigmas))]
+    for i in range(len(sigmas)):
+        alone = dev.gaussian_blur(planes[i:i + 1], sigmas[i:i + 1])
+        assert torch.equal(together[i:i + 1], alone), f"sigma {sigmas[i]}"

@@ -59,6 +59,9 @@ def test_slurm_submission_writes_the_job_we_asked_for(tmp_path: Path, monkeypatc
     for line in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=16",
                  "--time=4320", "--partition=gpu", "--signal=USR2@120"):
         assert line in script, line
+    # srun does not inherit --cpus-per-task from sbatch since Slurm 22.05: it must be on srun too
+    srun_line = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert "--cpus-per-task=16" in srun_line.split(), srun_line
     submitted = next(run_dir.joinpath("slurm").glob("*_submitted.pkl"))
     with open(submitted, "rb") as f:
         delayed = pickle.load(f)

@@ -13,6 +13,7 @@ import torchvision.transforms.v2.functional as TF
 from coded_images import (
     NUM_IMAGES,
     assert_views_match_labels,
+    spy_epoch_iterators,
     to_pixels,
     write_coded_beton,
 )
@@ -122,3 +123,18 @@ def test_eval_loader_rejects_bad_split_and_ratio(textured_beton):
         make_eval_loader(textured_beton, 4, "test", 1, "cpu")
     with pytest.raises(ValueError, match="resize_ratio"):
         make_eval_loader(textured_beton, 4, "val", 1, "cpu", resize_ratio=1.5)
+
+
+@pytest.mark.timeout(300)
+def test_an_eval_epoch_ended_early_closes_ffcv_epoch(textured_beton, monkeypatch):
+    """A break mid-epoch (as kNN extraction or a preempted probe does) ends FFCV's batch thread."""
+    made = spy_epoch_iterators(monkeypatch)
+    loader = make_eval_loader(textured_beton, batch_size_per_rank=1, split="val", num_workers=1,
+                              device="cpu", res=RES, resize_ratio=RATIO)
+    assert len(loader) == 10
+    for _batch in loader:
+        break
+    assert len(made) == 1 and made[0].close_calls >= 1 and not made[0].is_alive()
+    labels = torch.cat([y for _, y in loader])  # the next pass is whole
+    assert labels.tolist() == list(range(10))
+    assert len(made) == 2 and not made[1].is_alive()

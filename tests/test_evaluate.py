@@ -97,7 +97,10 @@ def test_frozen_check_catches_a_backbone_left_in_train_mode(tiny_dataset: Path, 
 @pytest.mark.timeout(600)
 def test_fine_tuning_sees_exactly_the_subset(tiny_dataset: Path, tmp_path: Path) -> None:
     recipe = _recipe(tmp_path, tiny_dataset)
+    torch.backends.cudnn.allow_tf32 = True  # torch's default
     ev = Evaluation(recipe, "semi10", "random", tmp_path / "semi", CPU)
+    assert not torch.backends.cudnn.allow_tf32  # fine-tuning trains in true fp32
+    assert not torch.backends.cuda.matmul.allow_tf32
     subset = Manifest.read(tiny_dataset).read_subset(10)
     from ffcv.reader import Reader
     all_labels = Reader(str(tiny_dataset / "train.beton")).metadata["f1"]

@@ -132,3 +132,23 @@ def test_convert_sync_batchnorm_on_cpu_keeps_state_and_function():
     got = converted.eval()(x1, x2)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_global_moments_alone_are_the_batch_moments(dtype, monkeypatch):
+    """One process: mean, biased variance and count of the (N, C, H, W) batch per channel; the
+    count is filled on x's device from no host tensor (torch.tensor is not called)."""
+    from ffcv_bt.distributed import sync_bn
+
+    def no_host_tensor(*args, **kwargs):
+        raise AssertionError("global_moments built a host tensor")
+
+    x = torch.randn(6, 3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=dtype) * 3 + 7
+    monkeypatch.setattr(sync_bn.torch, "tensor", no_host_tensor)
+    mean, var, count = sync_bn.global_moments(x)
+    monkeypatch.undo()
+    want_var, want_mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean, want_mean)
+    torch.testing.assert_close(var, want_var)
+    assert count.dtype == dtype and count.device == x.device and count.shape == ()
+    assert count.item() == 6 * 4 * 5

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,3 +67,45 @@ def test_signal_during_the_linear_probe_then_resume(tiny_dataset: Path, tmp_path
                     (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [r["top1"] for r in resumed.history] == [r["top1"] for r in straight_log]
     assert (result["top1"], result["top5"]) == (straight["top1"], straight["top5"])
+
+
+def test_signal_after_the_last_vote_reaches_the_previous_handler() -> None:
+    """A signal recorded after the stage's last agreement is delivered to the handler that was
+    there before ours once it is restored (submitit's requeue), not dropped."""
+    delivered: list[int] = []
+    before = signal.signal(signal.SIGUSR1, lambda signum, frame: delivered.append(signum))
+    try:
+        with StopSignals() as stop:
+            assert stop.agreed() is None  # the stage's last step: nothing yet
+            os.kill(os.getpid(), signal.SIGUSR1)  # arrives after the last vote
+            assert stop.received == signal.SIGUSR1 and delivered == []  # ours only recorded it
+        assert delivered == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
+def test_a_handed_over_signal_is_not_delivered_twice() -> None:
+    delivered: list[int] = []
+    before = signal.signal(signal.SIGUSR1, lambda signum, frame: delivered.append(signum))
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert stop.agreed() == signal.SIGUSR1
+            stop.hand_over()
+        assert delivered == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
+def test_sigterm_after_the_last_vote_ends_the_process_as_before() -> None:
+    """With the default SIGTERM action before ours, a late SIGTERM still ends the process."""
+    code = ("import os, signal\n"
+            "from ffcv_bt.distributed.preemption import StopSignals\n"
+            "with StopSignals() as stop:\n"
+            "    stop.agreed()\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "print('survived', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == -signal.SIGTERM, (done.returncode, done.stderr)
+    assert "survived" not in done.stdout

@@ -122,3 +122,44 @@ def test_unknown_protocol_file_fails_at_once(tiny_dataset: Path, tmp_path: Path,
     proc, seconds = run_in_process(["--config", str(recipe), "--out", str(tmp_path / "run"),
                                     "--eval.protocol=nope"], capsys)
     assert_fails_early(proc, seconds, "eval.protocol 'nope' has no file", tmp_path)
+
+
+def test_deterministic_on_cuda_fails_before_any_step(tiny_dataset: Path, tmp_path: Path, capsys,
+                                                     monkeypatch) -> None:
+    """train.deterministic on a CUDA machine (mocked: the check reads torch.cuda.is_available,
+    as the process group's device choice does) is a one-line error naming the key."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    recipe = write_tiny_recipe(tmp_path, tiny_dataset)  # deterministic: true
+    out = tmp_path / "run"
+    proc, seconds = run_in_process(["--config", str(recipe), "--out", str(out),
+                                    "--results-dir", str(tmp_path / "results")], capsys)
+    assert_fails_early(proc, seconds, "train.deterministic: true cannot run on CUDA", out)
+
+
+def test_deterministic_refused_on_cuda_only(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The check itself, the Pretrainer given a CUDA device, and the SLURM submission (GPUs
+    per node) refuse it; the CPU and deterministic off pass."""
+    import torch
+
+    from ffcv_bt.config import load_recipe
+    from ffcv_bt.distributed.process_group import DistInfo
+    from ffcv_bt.distributed.slurm import submit
+    from ffcv_bt.errors import ConfigError
+    from ffcv_bt.preflight import check_device_settings
+    from ffcv_bt.runner import main
+    from ffcv_bt.train.pretrain import Pretrainer
+
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_dataset))
+    assert recipe.train.deterministic is True
+    check_device_settings(recipe, cuda=False)
+    with pytest.raises(ConfigError, match="^train.deterministic: true cannot run on CUDA"):
+        check_device_settings(recipe, cuda=True)
+    with pytest.raises(ConfigError, match="train.deterministic"):
+        Pretrainer(recipe, tmp_path / "run", DistInfo(device=torch.device("cuda", 0)))
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match="train.deterministic"):
+        submit(recipe, tmp_path / "slurm-run", ["--slurm"], entry=main)
+    check_device_settings(load_recipe(write_tiny_recipe(tmp_path, tiny_dataset),
+                                      {"train.deterministic": "false"}), cuda=True)

@@ -174,3 +174,47 @@ def test_normalize_images_matches_torchvision(channels_last):
     if torch.cuda.is_available():  # the device path gives the same numbers
         on_device = normalize_images(images, "cuda", channels_last=channels_last)
         assert torch.allclose(on_device.cpu(), ours, atol=1e-6)
+
+
+def spy_epoch_iterators(monkeypatch) -> list:
+    """Record every FFCV EpochIterator made from now on, with how often it was closed."""
+    import ffcv.loader.loader as ffcv_loader_module
+
+    made = []
+
+    class Spy(ffcv_loader_module.EpochIterator):
+        def __init__(self, *args, **kwargs) -> None:
+            self.close_calls = 0
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+        def close(self) -> None:
+            self.close_calls += 1
+            super().close()
+
+    monkeypatch.setattr(ffcv_loader_module, "EpochIterator", Spy)
+    return made
+
+
+@pytest.mark.timeout(300)
+def test_an_epoch_ended_early_closes_ffcv_epoch(coded_beton, monkeypatch):
+    """A break or an exception mid-epoch closes FFCV's epoch: its batch thread has ended
+    (FFCV alone would leave it decoding, then waiting forever on its full queue)."""
+    made = spy_epoch_iterators(monkeypatch)
+    loader = make_pretrain_loader(coded_beton, batch_size_per_rank=4, num_workers=1, aug=SHAPE_ONLY,
+                                  res=16, seed=3, device="cpu", with_labels=True)
+    assert len(loader) == 10
+    for _batch in loader:
+        break
+    with pytest.raises(RuntimeError, match="mid-epoch"):
+        for _batch in loader:
+            raise RuntimeError("mid-epoch")
+    loader.set_epoch(0)
+    full = run_epoch(loader)
+    assert len(made) == 3 and len(full) == 10
+    for epoch in made:
+        assert epoch.close_calls >= 1
+        assert not epoch.is_alive()
+    loader.set_epoch(0)
+    first = next(iter(loader))  # the next pass is unaffected
+    assert all(torch.equal(x, y) for x, y in zip(first, full[0]))

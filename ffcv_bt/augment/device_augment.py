@@ -163,14 +163,25 @@ def _box_pass(images: torch.Tensor, dim: int, radius: int, inner: torch.Tensor,
 
 def gaussian_blur(images: torch.Tensor, sigma: np.ndarray) -> torch.Tensor:
     """Pillow's ``GaussianBlur(sigma)`` of (N, 3, H, W) int32 images, one sigma per sample:
-    3 horizontal then 3 vertical extended box passes, rounded to levels after each."""
+    3 horizontal then 3 vertical extended box passes, rounded to levels after each.
+
+    The per-sample indices and weights travel to the device in one copy (pinned and
+    asynchronous on CUDA), grouped by radius; each radius then slices its group there.
+    """
     radius, inner, edge = pil_box_weights(sigma)
+    order = np.argsort(radius, kind="stable")
+    radii, starts = np.unique(radius[order], return_index=True)
+    host = torch.from_numpy(np.stack([order, inner[order], edge[order]]).astype(np.int64))
+    if images.is_cuda:
+        host = host.pin_memory()
+    table = host.to(images.device, non_blocking=True)
+    ends = list(starts[1:]) + [len(order)]
     out = images.clone()
-    for r in np.unique(radius):
-        chosen = torch.from_numpy(np.flatnonzero(radius == r)).to(images.device)
-        shape = (-1, 1, 1, 1)
-        w_inner = torch.from_numpy(inner[radius == r]).to(images.device).view(shape)
-        w_edge = torch.from_numpy(edge[radius == r]).to(images.device).view(shape)
+    shape = (-1, 1, 1, 1)
+    for r, start, end in zip(radii, starts, ends):
+        chosen = table[0, start:end]
+        w_inner = table[1, start:end].view(shape)
+        w_edge = table[2, start:end].view(shape)
         x = images.index_select(0, chosen)
         for dim in (3, 3, 3, 2, 2, 2)[:2 * BOX_PASSES]:
             x = _box_pass(x, dim, int(r), w_inner, w_edge)

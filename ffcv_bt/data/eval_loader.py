@@ -81,16 +81,20 @@ class EvalLoader:
         self._seed.set_epoch(self.epoch)
         self._loader.next_epoch = self.epoch
         guard = BufferGuard(self.device)
-        for outputs in keep_torch_threads(self._loader):
-            batch = dict(zip(self._outputs, outputs))
-            images = batch["image"]
-            if images.dim() == 5:  # (B, 1, H, W, 3) from the one-view crop decoder
-                images = images[:, 0]
-            out = (normalize_images(images, self.device, self.channels_last),
-                   labels_to_device(batch["label"], self.device))
-            guard.copied()
-            yield out
-            guard.wait()  # before FFCV may refill the buffers this batch was copied from
+        batches = keep_torch_threads(self._loader)
+        try:
+            for outputs in batches:
+                batch = dict(zip(self._outputs, outputs))
+                images = batch["image"]
+                if images.dim() == 5:  # (B, 1, H, W, 3) from the one-view crop decoder
+                    images = images[:, 0]
+                out = (normalize_images(images, self.device, self.channels_last),
+                       labels_to_device(batch["label"], self.device))
+                guard.copied()
+                yield out
+                guard.wait()  # before FFCV may refill the buffers this batch was copied from
+        finally:
+            batches.close()  # an early end (break, exception) closes FFCV's epoch too
         self.epoch += 1
 
 

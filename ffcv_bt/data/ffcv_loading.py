@@ -11,7 +11,9 @@ finalizer (numba/core/dispatcher.py) between stages.
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import time
 import warnings
 from typing import Any, Iterator, Optional, Sequence
 
@@ -90,19 +92,47 @@ def usable_workers(num_workers: int) -> int:
     return num_workers
 
 
+def close_epoch(epoch: Any, timeout_s: float = 60.0) -> None:
+    """End FFCV's epoch: its batch thread and the epoch's memory context.
+
+    FFCV 1.0.2's ``EpochIterator.close`` only sets a flag that its thread checks when its
+    output queue is full, so after an early end (break, exception) the thread goes on decoding
+    batches nobody reads. Here the thread is also given no further batch and its queue is
+    drained until it exits (at most the batch it is decoding), then the memory is released.
+    """
+    terminate = getattr(epoch, "terminate_event", None)
+    if terminate is not None and hasattr(epoch, "iter_ixes") and hasattr(epoch, "is_alive"):
+        terminate.set()
+        epoch.iter_ixes = iter(())  # no batch after the one in progress
+        deadline = time.monotonic() + timeout_s
+        while epoch.is_alive() and time.monotonic() < deadline:
+            try:
+                while True:
+                    epoch.output_queue.get_nowait()
+            except queue.Empty:
+                pass
+            epoch.join(0.05)
+    epoch.close()
+
+
 def keep_torch_threads(loader: Loader) -> Iterator:
-    """Iterate ``loader`` with the caller's torch thread count.
+    """Iterate ``loader`` with the caller's torch thread count; close the epoch at its end.
 
     FFCV sets torch's thread count to its worker count when an epoch starts (in ``__iter__``
     and again in its batch thread); left alone, torch work on the CPU then competes with the
     numba workers for the cores. The count is restored once the first batch arrives, when
-    both calls have happened.
+    both calls have happened. However the iteration ends (exhausted, break, exception), FFCV's
+    epoch is closed (:func:`close_epoch`).
     """
     threads = torch.get_num_threads()
-    for i, batch in enumerate(loader):
-        if i == 0:
-            torch.set_num_threads(threads)
-        yield batch
+    epoch = iter(loader)
+    try:
+        for i, batch in enumerate(epoch):
+            if i == 0:
+                torch.set_num_threads(threads)
+            yield batch
+    finally:
+        close_epoch(epoch)
 
 
 def build_loader(beton: str | os.PathLike, pipelines: dict[str, Any], *, batch_size_per_rank: int,

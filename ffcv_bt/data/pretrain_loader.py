@@ -223,25 +223,29 @@ class TwoViewLoader:
         self._seed.set_epoch(self.epoch)
         self._loader.next_epoch = self.epoch
         guard = BufferGuard(self.device)
-        for outputs in keep_torch_threads(self._loader):
-            batch = dict(zip(self._outputs, outputs))
-            # Move whole uint8 batches (contiguous, pinned when CUDA is present), then slice.
-            images = batch["image"].to(self.device, non_blocking=True)
-            if "image2" in batch:
-                first = images[:, 0]
-                second = batch["image2"].to(self.device, non_blocking=True)[:, 0]
-            else:
-                first, second = images[:, 0], images[:, 1]
-            if "params" in batch:  # aug.device gpu: the remaining ops run here, on the device
-                first = augment_views(first, batch["params"][:, 0], self.solarize_threshold)
-                second = augment_views(second, batch["params"][:, 1], self.solarize_threshold)
-            views = (normalize_images(first, self.device, self.channels_last),
-                     normalize_images(second, self.device, self.channels_last))
-            if self.with_labels:
-                views += (labels_to_device(batch["label"], self.device),)
-            guard.copied()
-            yield views
-            guard.wait()  # before FFCV may refill the buffers this batch was copied from
+        batches = keep_torch_threads(self._loader)
+        try:
+            for outputs in batches:
+                batch = dict(zip(self._outputs, outputs))
+                # Move whole uint8 batches (contiguous, pinned when CUDA is present), then slice.
+                images = batch["image"].to(self.device, non_blocking=True)
+                if "image2" in batch:
+                    first = images[:, 0]
+                    second = batch["image2"].to(self.device, non_blocking=True)[:, 0]
+                else:
+                    first, second = images[:, 0], images[:, 1]
+                if "params" in batch:  # aug.device gpu: the remaining ops run here, on the device
+                    first = augment_views(first, batch["params"][:, 0], self.solarize_threshold)
+                    second = augment_views(second, batch["params"][:, 1], self.solarize_threshold)
+                views = (normalize_images(first, self.device, self.channels_last),
+                         normalize_images(second, self.device, self.channels_last))
+                if self.with_labels:
+                    views += (labels_to_device(batch["label"], self.device),)
+                guard.copied()
+                yield views
+                guard.wait()  # before FFCV may refill the buffers this batch was copied from
+        finally:
+            batches.close()  # an early end (break, exception) closes FFCV's epoch too
         self.epoch += 1
 
 

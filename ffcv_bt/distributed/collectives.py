@@ -52,6 +52,34 @@ def differentiable_sum_over_ranks(tensor: Tensor) -> Tensor:
     return _DifferentiableSum.apply(tensor)
 
 
+# The single-tensor collectives: torch >= 2.14 names them ``*_single`` and deprecates the
+# older names; torch 1.13 to 2.13 has only ``all_gather_into_tensor`` / ``reduce_scatter_tensor``.
+_ALL_GATHER_INTO = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_REDUCE_SCATTER_INTO = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def all_gather_into(out: Tensor, tensor: Tensor) -> None:
+    """Every rank's ``tensor`` (equal shapes) concatenated along dim 0 into ``out``."""
+    _ALL_GATHER_INTO(out, tensor)
+
+
+def reduce_scatter_into(out: Tensor, tensor: Tensor) -> None:
+    """``out`` = this rank's 1/world slice (dim 0) of ``tensor`` summed over ranks.
+
+    gloo implements the single-tensor reduce-scatter on the CPU only in recent torch; where
+    it is missing (it raises before any message is sent, on every rank alike), CPU tensors
+    fall back to a full all-reduce and keep their own slice. CUDA tensors never fall back.
+    """
+    try:
+        _REDUCE_SCATTER_INTO(out, tensor, op=dist.ReduceOp.SUM)
+    except (RuntimeError, NotImplementedError):
+        if tensor.is_cuda:
+            raise
+        full = tensor.clone()
+        dist.all_reduce(full, op=dist.ReduceOp.SUM)
+        out.copy_(full.narrow(0, rank() * out.shape[0], out.shape[0]))
+
+
 class _DifferentiableGatherRows(torch.autograd.Function):
     """Concatenate every rank's (n, d) rows; the backward hands each rank its own slice of
     the gradient summed over ranks (reduce-scatter: each rank receives 1/world of it)."""
@@ -60,14 +88,14 @@ class _DifferentiableGatherRows(torch.autograd.Function):
     def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
         tensor = tensor.contiguous()
         out = tensor.new_empty((world_size() * tensor.shape[0],) + tuple(tensor.shape[1:]))
-        dist.all_gather_single(out, tensor)
+        all_gather_into(out, tensor)
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
         grad = grad.contiguous()
         out = grad.new_empty((grad.shape[0] // world_size(),) + tuple(grad.shape[1:]))
-        dist.reduce_scatter_single(out, grad, op=dist.ReduceOp.SUM)
+        reduce_scatter_into(out, grad)
         return out
 
 
@@ -89,7 +117,7 @@ def gather_rows(tensor: Tensor) -> Tensor:
     """Every rank's rows concatenated in rank order, outside autograd (row counts may differ)."""
     if world_size() == 1:
         return tensor
-    counts = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = torch.full((1,), tensor.shape[0], dtype=torch.int64, device=tensor.device)
     all_counts = [torch.zeros_like(counts) for _ in range(world_size())]
     dist.all_gather(all_counts, counts)
     most = int(max(c.item() for c in all_counts))

@@ -11,7 +11,8 @@ same step. A CPU group keeps that agreement free of GPU synchronisation.
 ``StopSignals`` is a context manager: it installs the handlers on entry and restores the
 previous ones on exit, so the next stage (an evaluation) is interruptible too. After the
 checkpoint, :meth:`StopSignals.hand_over` calls the handler that was there before ours
-(submitit's, which requeues the job).
+(submitit's, which requeues the job). A signal that no agreement acted on (it arrived after
+the stage's last step) is raised again once the previous handlers are back, so it is not lost.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class StopSignals:
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._handed_over = False
 
     def __enter__(self) -> StopSignals:
         for sig in STOP_SIGNALS:
@@ -54,9 +56,16 @@ class StopSignals:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        for sig, previous in self._previous.items():
+        installed = self._previous
+        for sig, previous in installed.items():
             signal.signal(sig, previous)
         self._previous = {}
+        pending = self.received
+        if pending is not None and not self._handed_over and pending in installed:
+            # Recorded after the last agreement: deliver it to the previous handler (a requeue,
+            # or the default action) instead of dropping it with our handler.
+            self._handed_over = True
+            signal.raise_signal(pending)
 
     def _record(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
         self.received = signum
@@ -77,6 +86,7 @@ class StopSignals:
     def hand_over(self) -> None:
         """After the checkpoint: call the handler that was installed before ours (submitit's
         requeues the job), if it is a Python callable."""
+        self._handed_over = True
         previous = self._previous.get(self.received or -1)
         if callable(previous):
             previous(self.received, None)

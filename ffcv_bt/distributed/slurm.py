@@ -17,6 +17,7 @@ import submitit
 from ffcv_bt.cli import run_command
 from ffcv_bt.config import Recipe
 from ffcv_bt.errors import ConfigError
+from ffcv_bt.preflight import check_device_settings
 
 
 class RunJob(submitit.helpers.Checkpointable):
@@ -58,6 +59,7 @@ def submit(recipe: Recipe, run_dir: Path, argv: list[str],
     ``data.num_workers`` threads plus one for the training process itself.
     """
     s = recipe.slurm
+    check_device_settings(recipe, cuda=s.gpus_per_node > 0)  # the login node may have no GPU
     needed = recipe.data.num_workers + 1
     if s["cpus_per_task"] < needed:
         raise ConfigError(f"slurm.cpus_per_task={s['cpus_per_task']} cannot run data.num_workers="
@@ -72,7 +74,10 @@ def submit(recipe: Recipe, run_dir: Path, argv: list[str],
     params: dict[str, Any] = dict(
         nodes=s["nodes"], ntasks_per_node=s["gpus_per_node"], gpus_per_node=s["gpus_per_node"],
         cpus_per_task=s["cpus_per_task"], time=s["timeout_min"], job_name=f"ffcv-bt-{recipe.name}",
-        signal_delay_s=120)
+        signal_delay_s=120,
+        # Slurm >= 22.05: srun no longer inherits --cpus-per-task from sbatch, so each task
+        # would get 1 CPU and numba would clamp the loader to 1 thread.
+        srun_args=[f"--cpus-per-task={s['cpus_per_task']}"])
     if s["partition"]:
         params["partition"] = s["partition"]
     if s["account"]:

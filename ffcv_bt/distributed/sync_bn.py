@@ -23,13 +23,14 @@ def global_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     Reduces over every dimension but the channel one (1), on every rank's rows. Two passes
     (mean first, then the mean squared deviation) rather than E[x^2] - E[x]^2, which cancels
     badly when the mean is large compared with the spread. The count is a 0-d tensor of
-    ``x``'s dtype, so ranks may hold different numbers of rows.
+    ``x``'s dtype, so ranks may hold different numbers of rows; it is filled on ``x``'s device
+    (no host-to-device copy of a host tensor in the step).
     """
     if x.dim() < 2:
         raise ValueError(f"global_moments expects (N, C, ...) input, got shape {tuple(x.shape)}")
     dims = (0,) + tuple(range(2, x.dim()))
     local_count = x.numel() // x.shape[1]
-    count = torch.tensor([float(local_count)], dtype=x.dtype, device=x.device)
+    count = x.new_full((1,), float(local_count))
     sums = differentiable_sum_over_ranks(torch.cat([x.sum(dim=dims), count]))
     total = sums[-1].detach()
     mean = sums[:-1] / total

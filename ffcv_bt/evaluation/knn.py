@@ -37,6 +37,7 @@ from ffcv_bt.distributed.collectives import gather_rows
 from ffcv_bt.distributed.process_group import DistInfo
 from ffcv_bt.evaluation.backbone_weights import load_backbone, sha256_of
 from ffcv_bt.reporting.accounting import StageClock, device_description
+from ffcv_bt.stage.mixed_precision import true_fp32
 from ffcv_bt.stage.skeleton import run_stage, set_stage_threads
 
 
@@ -46,7 +47,7 @@ def knn_predict(train_features: Tensor, train_labels: Tensor, query_features: Te
     """Class scores (Q, C) of each query row: the sum of ``exp(cos / temperature)`` over its
     ``min(k, N)`` most similar training rows, per training label.
 
-    Computed on ``train_features``' device in its dtype (at least float32). Queries are taken
+    Computed on ``train_features``' device in its dtype (at least float32, TF32 off). Queries are taken
     ``chunk_size`` at a time, so the similarity matrix in memory is ``chunk_size x N``.
     """
     if train_features.ndim != 2 or query_features.ndim != 2:
@@ -71,7 +72,8 @@ def knn_predict(train_features: Tensor, train_labels: Tensor, query_features: Te
     scores = torch.zeros(query_features.shape[0], num_classes, device=device, dtype=dtype)
     for start in range(0, query_features.shape[0], chunk_size):
         queries = F.normalize(query_features[start:start + chunk_size].to(device, dtype), dim=1)
-        similarity, index = (queries @ train.T).topk(k, dim=1)
+        with true_fp32():
+            similarity, index = (queries @ train.T).topk(k, dim=1)
         votes = (similarity / temperature).exp()
         scores[start:start + queries.shape[0]].scatter_add_(1, labels[index], votes)
     return scores
@@ -105,7 +107,7 @@ def extract_features(backbone: nn.Module, batches: Iterable[tuple[Tensor, Tensor
     """Features (N, D) float32 and labels (N,) int64, both on the CPU, of a frozen backbone.
 
     Runs ``backbone`` in eval mode (BatchNorm uses its running statistics, its mode is
-    restored afterwards) in fp32 with autocast off. Everything kept is copied out of the
+    restored afterwards) in fp32 with autocast and TF32 off. Everything kept is copied out of the
     batch, since FFCV loaders reuse their buffers.
     """
     device = torch.device(device)
@@ -114,7 +116,7 @@ def extract_features(backbone: nn.Module, batches: Iterable[tuple[Tensor, Tensor
     features, labels = [], []
     try:
         for images, targets in batches:
-            with torch.autocast(device.type, enabled=False):
+            with torch.autocast(device.type, enabled=False), true_fp32():
                 out = backbone(images.to(device, non_blocking=True).float())
             features.append(out.reshape(out.shape[0], -1).to("cpu", torch.float32, copy=True))
             labels.append(targets.reshape(-1).to("cpu", torch.int64, copy=True))

@@ -31,7 +31,7 @@ from ffcv_bt.method.model import convert_sync_batchnorm
 from ffcv_bt.method.schedules import cosine_epoch_lr
 from ffcv_bt.reporting.accounting import StageClock, device_description
 from ffcv_bt.stage.checkpoints import load_checkpoint, save_checkpoint
-from ffcv_bt.stage.mixed_precision import autocast_dtype
+from ffcv_bt.stage.mixed_precision import autocast_dtype, set_tf32
 from ffcv_bt.stage.skeleton import append_log, per_rank_batch, run_stage, set_stage_threads
 
 PROTOCOLS = ("linear", "semi1", "semi10")
@@ -117,7 +117,9 @@ class Evaluation:
         self.train_loader, self.val_loader = self.create_loaders()
         self.model, self.ddp_model = self.create_model()
         self.optimizer = self.create_optimizer()
-        self.amp_dtype = autocast_dtype(self.settings.precision, self.device) if self.frozen else None
+        precision = self.settings.precision if self.frozen else "fp32"  # fine-tuning trains in fp32
+        set_tf32(precision)
+        self.amp_dtype = autocast_dtype(precision, self.device)
         self.epoch, self.history, prior = self.resume()
         self.clock = StageClock(self.device, dist.world_size, prior_seconds=prior)
         self.stop = StopSignals()

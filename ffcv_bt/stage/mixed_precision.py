@@ -1,5 +1,8 @@
-"""Which mixed-precision dtype a run uses on its device."""
+"""Which mixed-precision dtype a run uses on its device, and where TF32 is allowed."""
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -21,3 +24,29 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.float16
     major, _minor = torch.cuda.get_device_capability(device)
     return torch.bfloat16 if major >= BF16_MIN_CAPABILITY else torch.float16
+
+
+def set_tf32(precision: str) -> bool:
+    """Set TF32 explicitly for a stage of ``precision``; returns cuDNN's setting.
+
+    torch's default lets cuDNN run fp32 convolutions in TF32 (10-bit mantissa) on Ampere and
+    newer, so an "fp32" stage would not be fp32. Here cuDNN may use TF32 only in a mixed-precision
+    stage (whose convolutions run in bf16/fp16 anyway), and cuBLAS never does (the objective's
+    fp32 cross-correlation and the classifiers stay fp32). No effect on the CPU.
+    """
+    allowed = precision != "fp32"
+    torch.backends.cudnn.allow_tf32 = allowed
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return allowed
+
+
+@contextmanager
+def true_fp32() -> Iterator[None]:
+    """TF32 off for cuDNN and cuBLAS inside the block (the frozen fp32 forwards of kNN and the
+    monitor), the previous settings restored after."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -49,6 +49,7 @@ from ffcv_bt.evaluation.knn import knn_accuracy
 from ffcv_bt.method.model import BarlowTwins
 from ffcv_bt.method.objective import correlation_terms
 from ffcv_bt.reporting.accounting import StageClock
+from ffcv_bt.stage.mixed_precision import true_fp32
 
 STATE_FILE = "monitor_state.json"
 PLOT_FILE = "monitor.png"
@@ -198,7 +199,7 @@ class TrainingMonitor:
         projector embeddings of the images and of their mirror images."""
         out: dict[str, list[Tensor]] = {"features": [], "labels": [], "z1": [], "z2": []}
         for images, labels in self._loader(split):
-            with torch.autocast(self.device.type, enabled=False):
+            with torch.autocast(self.device.type, enabled=False), true_fp32():
                 images = images.float()
                 features = model.backbone(images)
                 out["features"].append(features.float().clone())

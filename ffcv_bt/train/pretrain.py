@@ -34,9 +34,10 @@ from ffcv_bt.errors import NonFiniteLoss, Preempted
 from ffcv_bt.method.lars import LARS, param_groups_for_lars, set_learning_rates
 from ffcv_bt.method.model import BarlowTwins, convert_sync_batchnorm
 from ffcv_bt.method.schedules import lr_at, resolution_of_recipe
+from ffcv_bt.preflight import check_device_settings
 from ffcv_bt.reporting.accounting import StageClock, device_description
 from ffcv_bt.stage.checkpoints import load_checkpoint, save_checkpoint, to_cpu
-from ffcv_bt.stage.mixed_precision import autocast_dtype
+from ffcv_bt.stage.mixed_precision import autocast_dtype, set_tf32
 from ffcv_bt.stage.skeleton import append_log, per_rank_batch, run_stage, set_stage_threads
 from ffcv_bt.train.monitor import TrainingMonitor
 from ffcv_bt.train.step import barlow_step
@@ -64,6 +65,7 @@ class Pretrainer:
         self.ckpt_path = self.out_dir / "checkpoint.pt"
         self.device = dist.device
         seed_everything(recipe.train.seed)
+        check_device_settings(recipe, self.device.type == "cuda")
         if recipe.train.deterministic:
             torch.use_deterministic_algorithms(True)
         elif self.device.type == "cuda":
@@ -125,6 +127,7 @@ class Pretrainer:
                     momentum=o["momentum"], eta=o["eta"])
 
     def create_precision(self) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+        set_tf32(self.recipe.train.precision)
         dtype = autocast_dtype(self.recipe.train.precision, self.device)
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         return dtype, scaler
