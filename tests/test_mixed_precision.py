@@ -59,7 +59,7 @@ def test_pretraining_setup_sets_tf32(tf32_flags, monkeypatch, precision) -> None
     from ffcv_bt.train.pretrain import Pretrainer
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    trainer = SimpleNamespace(recipe={"train": {"precision": precision}}, device=CUDA)
+    trainer = SimpleNamespace(recipe=SimpleNamespace(train=SimpleNamespace(precision=precision)), device=CUDA)
     dtype, scaler = Pretrainer.create_precision(trainer)
     assert (dtype, scaler) == ((None if precision == "fp32" else torch.bfloat16), None)
     assert flags() == (precision != "fp32", False)
