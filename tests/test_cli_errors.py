@@ -13,6 +13,8 @@ import pytest
 import torch
 from recipes import write_tiny_recipe
 
+from ffcv_bt import runner
+from ffcv_bt.cli import run_command
 from ffcv_bt.config import load_recipe
 from ffcv_bt.errors import CheckpointError
 from ffcv_bt.stage.checkpoints import load_checkpoint, previous_path, save_checkpoint
@@ -90,10 +92,18 @@ def test_run_folder_made_with_another_configuration(tiny_dataset: Path, tmp_path
     assert_one_line_error(proc, 2, str(run_dir), "another configuration", "optim.epochs: 5 -> 2")
 
 
-def test_bad_override_and_missing_recipe(tmp_path: Path) -> None:
+def in_process(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    """run.py's entry (ffcv_bt.cli.run_command over runner.main) in this process."""
+    capsys.readouterr()
+    code = run_command(runner.main, list(args))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["run.py", *args], code, out, err)
+
+
+def test_bad_override_and_missing_recipe(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     proc = command("run.py", "--config", "rules/demo.yaml", "--optim.epochs=many", "--dry-run")
-    assert_one_line_error(proc, 2, "optim.epochs", "'many'")
-    proc = command("run.py", "--config", str(tmp_path / "nope.yaml"), "--dry-run")
+    assert_one_line_error(proc, 2, "optim.epochs", "'many'")  # the real process, once
+    proc = in_process(capsys, "--config", str(tmp_path / "nope.yaml"), "--dry-run")
     assert_one_line_error(proc, 2, "nope.yaml", "not found")
 
 
@@ -148,10 +158,10 @@ def test_failed_checkpoint_write_keeps_the_checkpoints(tmp_path: Path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.prev.pt", "checkpoint.pt"]
 
 
-def test_budget_below_one_epoch_is_refused_and_a_budget_is_met() -> None:
-    proc = command("run.py", "--config", "rules/fast-300ep.yaml", "--dry-run", "--budget-hours", "0.1")
+def test_budget_below_one_epoch_is_refused_and_a_budget_is_met(capsys: pytest.CaptureFixture) -> None:
+    proc = in_process(capsys, "--config", str(REPO / "rules" / "fast-300ep.yaml"), "--dry-run", "--budget-hours", "0.1")
     assert_one_line_error(proc, 2, "--budget-hours 0.1", "one pretraining epoch")
-    ok = command("run.py", "--config", "rules/fast-300ep.yaml", "--dry-run", "--budget-hours", "500")
+    ok = in_process(capsys, "--config", str(REPO / "rules" / "fast-300ep.yaml"), "--dry-run", "--budget-hours", "500")
     assert ok.returncode == 0, ok.stderr
     line = next(l for l in ok.stdout.splitlines() if l.strip().startswith("pretrain "))
     assert float(line.split(":")[1].split("device-hours")[0]) <= 500
