@@ -116,6 +116,24 @@ class Recipe:
     def stages(self) -> list[str]:
         return [s.strip() for s in self.run.stages.split(",") if s.strip()]
 
+    @property
+    def evaluations(self) -> list[tuple[str, str, str]]:
+        """(stage key, protocol, backbone kind) in run order; with eval.supervised the
+        supervised ceiling follows each, with eval.control the random control, and for kNN
+        the raw-pixel floor when the protocol asks for it."""
+        out = []
+        for stage in self.stages:
+            if stage == "pretrain":
+                continue
+            out.append((stage, stage, "pretrained"))
+            if self.eval.supervised:
+                out.append((f"{stage}-supervised", stage, "supervised"))
+            if self.eval.control:
+                out.append((f"{stage}-random", stage, "random"))
+            if stage == "knn" and self.knn.pixel_floor and self.eval.control:
+                out.append(("knn-pixels", stage, "pixels"))
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "files": self.files, "protocol_file": self.protocol_file,
                 "overrides": self.overrides, "values": self.values}

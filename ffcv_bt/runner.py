@@ -78,24 +78,6 @@ def _load_metadata(recipe: Recipe, run_dir: Path, dist: DistInfo) -> dict[str, A
     return _initial_metadata(recipe, run_dir, dist)
 
 
-def _evaluations(recipe: Recipe) -> list[tuple[str, str, str]]:
-    """(stage key, protocol, backbone kind) in order; with eval.supervised the supervised
-    ceiling follows each, with eval.control the random control, and for kNN the raw-pixel
-    floor when the protocol asks for it."""
-    out = []
-    for stage in recipe.stages:
-        if stage == "pretrain":
-            continue
-        out.append((stage, stage, "pretrained"))
-        if recipe.eval.supervised:
-            out.append((f"{stage}-supervised", stage, "supervised"))
-        if recipe.eval.control:
-            out.append((f"{stage}-random", stage, "random"))
-        if stage == "knn" and recipe.knn.pixel_floor and recipe.eval.control:
-            out.append(("knn-pixels", stage, "pixels"))
-    return out
-
-
 def _evaluate(recipe: Recipe, protocol: str, weights: str, out_dir: Path,
               dist: DistInfo) -> dict[str, Any]:
     """One evaluation stage: the kNN protocol, or a trained one (linear, semi1, semi10)."""
@@ -127,7 +109,7 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
     save()
     arch = recipe.model.arch
     backbone_path = run_dir / "pretrain" / f"{arch}.pth"
-    evaluations = _evaluations(recipe)
+    evaluations = recipe.evaluations
     if "pretrain" in recipe.stages:
         start = time.time()
         result = pretrain(recipe, run_dir / "pretrain", dist)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ffcv_bt.config import load_recipe, read_yaml
+from ffcv_bt.config import Recipe, load_recipe, read_yaml
 from ffcv_bt.errors import ConfigError
 
 SWEEP_KEYS = {"recipe", "seeds", "stages", "epochs", "warmup_fraction", "controls", "levers",
@@ -128,9 +128,21 @@ def load_sweep(path: str | Path) -> Sweep:
     return sweep
 
 
-def point_finished(run_dir: Path) -> bool:
+def stage_keys(recipe: Recipe) -> list[str]:
+    """The run.json ``stages`` keys a finished run of ``recipe`` holds: pretraining and
+    every evaluation (with its controls and ceilings)."""
+    return (["pretrain"] if "pretrain" in recipe.stages else []) + [
+        key for key, _, _ in recipe.evaluations]
+
+
+def point_finished(run_dir: Path, stages: list[str] | tuple[str, ...] = ()) -> bool:
+    """``run_dir``'s run.json says finished and holds every one of ``stages`` (a run made
+    with fewer --stages is also marked finished)."""
     meta = run_dir / "run.json"
-    return meta.is_file() and bool(json.loads(meta.read_text()).get("finished"))
+    if not meta.is_file():
+        return False
+    info = json.loads(meta.read_text())
+    return bool(info.get("finished")) and all(s in info.get("stages", {}) for s in stages)
 
 
 def run_sweep(path: str | Path, args: argparse.Namespace, overrides: dict[str, str],
@@ -149,9 +161,11 @@ def run_sweep(path: str | Path, args: argparse.Namespace, overrides: dict[str, s
     seeds = ",".join(str(s) for s in sweep.seeds)
     for i, point in enumerate(sweep.points, 1):
         out = root / point.folder
+        keys = stage_keys(load_recipe(sweep.recipe, {**point.overrides, **overrides,
+                                                     "run.stages": sweep.stages}))
         folders = [out / f"seed-{s}" for s in sweep.seeds] if len(sweep.seeds) > 1 else [out]
         label = f"[{i}/{len(sweep.points)}] {sweep.run_name(point)} {point.epochs} epochs"
-        if all(point_finished(f) for f in folders):
+        if all(point_finished(f, keys) for f in folders):
             print(f"{label}: finished, skipped", flush=True)
             continue
         print(f"{label}: running seeds {seeds} into {out}", flush=True)

@@ -137,16 +137,22 @@ def _git(repo_dir: Path, *args: str) -> str:
     return result.stdout
 
 
+# The project's own outputs: a run rewrites results/runs.csv, README.md and the plots, and
+# that must not mark the next seed's code "-dirty".
+_OUTPUT_PATHSPEC = ":(exclude)results"
+
+
 def code_version(repo_dir: str | Path) -> dict:
     """{"git_sha": HEAD commit, "dirty": uncommitted or untracked changes?} of ``repo_dir``.
 
-    Both values are "unknown" when ``repo_dir`` is not a git checkout (or git is missing);
+    Changes under ``results/`` (the project's own outputs) do not count as dirty. Both
+    values are "unknown" when ``repo_dir`` is not a git checkout (or git is missing);
     "unknown" is truthy, so a caller testing ``dirty`` treats it as dirty. A repository
     without commits has sha "unknown" and a real ``dirty``.
     """
     repo_dir = Path(repo_dir)
     try:
-        status = _git(repo_dir, "status", "--porcelain")
+        status = _git(repo_dir, "status", "--porcelain", "--", ".", _OUTPUT_PATHSPEC)
     except (OSError, subprocess.SubprocessError):
         return {"git_sha": "unknown", "dirty": "unknown"}
     try:

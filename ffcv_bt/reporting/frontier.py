@@ -88,14 +88,15 @@ def configurations(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
     return table
 
 
-def controls(runs: pd.DataFrame, sweep: str) -> dict[tuple[str, str], Stat]:
-    """(protocol, backbone) -> Stat for the sweep's random-init and raw-pixel rows."""
+def controls(runs: pd.DataFrame, sweep: str) -> dict[tuple[str, str, str], Stat]:
+    """(lever, protocol, backbone) -> Stat for the sweep's random-init and raw-pixel rows,
+    per lever: levers that change the network or resolution have their own control."""
     rows = runs[runs["recipe"].str.startswith(f"{sweep}.") & runs["backbone"].isin(["random", "pixels"])]
-    return {(p, b): Stat.of([float(v) for v in g["top1"]])
-            for (p, b), g in rows.groupby(["protocol", "backbone"])}
+    return {(r.split(".", 1)[1], p, b): Stat.of([float(v) for v in g["top1"]])
+            for (r, p, b), g in rows.groupby(["recipe", "protocol", "backbone"], sort=False)}
 
 
-def markdown(table: pd.DataFrame, floor: dict[tuple[str, str], Stat], sweep: str) -> str:
+def markdown(table: pd.DataFrame, floor: dict[tuple[str, str, str], Stat], sweep: str) -> str:
     lines = [f"# Frontier of sweep `{sweep}` (generated from runs.csv by ffcv_bt/reporting/frontier.py)", "",
              "Top-1 mean ± sample std over seeds (n). Compute: epochs-equivalent at the "
              "maximum resolution (sum over epochs of (res / max_res)^2) x train images, free "
@@ -127,15 +128,15 @@ def markdown(table: pd.DataFrame, floor: dict[tuple[str, str], Stat], sweep: str
     lines += ["", "Supervised ceiling: the same backbone trained with labels on the same images "
               "for the same epochs and resolutions (ffcv_bt/train/supervised.py), evaluated "
               "with the same protocols.", "",
-              "Controls (once per sweep; the random-init backbone has torchvision's standard "
-              "initialisation):", ""]
-    for (protocol, backbone), stat in sorted(floor.items()):
+              "Controls (per lever that ran them; the random-init backbone has torchvision's "
+              "standard initialisation):", ""]
+    for (lever, protocol, backbone), stat in sorted(floor.items()):
         label = "raw pixels (the floor)" if backbone == "pixels" else f"{backbone}-init backbone"
-        lines.append(f"- {protocol}, {label}: {stat}")
+        lines.append(f"- {lever}: {protocol}, {label}: {stat}")
     return "\n".join(lines) + "\n"
 
 
-def plot(table: pd.DataFrame, floor: dict[tuple[str, str], Stat], path: Path) -> None:
+def plot(table: pd.DataFrame, floor: dict[tuple[str, str, str], Stat], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,16 +157,15 @@ def plot(table: pd.DataFrame, floor: dict[tuple[str, str], Stat], path: Path) ->
             if not sup.empty:
                 ax.plot(sup[cost], [s.mean for s in sup[key]], marker="x", linestyle=":",
                         color=line[0].get_color(), label=f"{lever}: supervised ceiling")
+            for backbone, style, name in (("random", "--", "random-init control"),
+                                          ("pixels", "-.", "raw-pixel kNN floor")):
+                if (lever, protocol, backbone) in floor:
+                    ax.axhline(floor[(lever, protocol, backbone)].mean, color=line[0].get_color(),
+                               linestyle=style, alpha=0.7, label=f"{lever}: {name}")
         front = table[table[f"front_{protocol}"].astype(bool)].sort_values(cost)
         if cost == "compute_images" and not front.empty:
             ax.step(front[cost], [s.mean for s in front[protocol]], where="post", color="black",
                     linestyle=":", label="Pareto frontier")
-        if (protocol, "random") in floor:
-            ax.axhline(floor[(protocol, "random")].mean, color="grey", linestyle="--",
-                       label="random-init control")
-        if (protocol, "pixels") in floor:
-            ax.axhline(floor[(protocol, "pixels")].mean, color="red", linestyle="--",
-                       label="raw-pixel kNN floor")
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{protocol} top-1 (%), mean ± std over seeds")

@@ -1,0 +1,174 @@
+"""Every cell of a sweep's frontier table from a hand-made runs.csv whose answer is worked
+out by hand below: which rows enter a configuration, the mean, the sample std (ddof=1) and n,
+the mean pretraining hours per run, and which axis each Pareto mark uses (C: compute,
+H: measured hours)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from ffcv_bt.reporting.frontier import configurations, controls, markdown
+from ffcv_bt.reporting.runs_csv import append_run_row, read_runs
+
+# (lever, epochs) -> epoch-equivalents; train images 1000, so compute = 1000 x eq
+EQ = {("a", 2): 2.0, ("a", 4): 4.0, ("b", 2): 1.0}
+# (lever, epochs) -> per seed: (pretrain hours, kNN top-1, linear top-1 or None)
+SEEDS = {
+    ("a", 2): [(0.05, 60.0, 50.0), (0.06, 62.0, 52.0), (0.07, 67.0, 54.0)],
+    ("a", 4): [(0.08, 69.0, 57.0), (0.09, 70.0, 58.0), (0.10, 71.0, 59.0)],
+    ("b", 2): [(0.11, 64.0, 50.0), (0.13, 66.0, None)],  # seed 1's linear probe never ran
+}
+
+
+def _row(lever: str, epochs: int, seed: int, protocol: str, backbone: str, top1: float,
+         hours: float = 0.0, recipe: str | None = None, sha: str = "abc1234") -> dict:
+    trained = backbone in ("pretrained", "supervised")
+    run_id = f"{lever}-e{epochs}-seed-{seed}"
+    return {"run_id": run_id, "recipe": recipe or f"sw.{lever}", "dataset": "toy",
+            "dataset_classes": 10, "dataset_train_images": 1000, "seed": seed,
+            "protocol": protocol, "backbone": backbone, "epochs": epochs if trained else 0,
+            "top1": top1, "top5": 99.0, "best_top1": top1,
+            "pretrain_gpu_hours": hours if trained else 0.0,
+            "pretrain_epoch_equivalents": EQ[lever, epochs] if trained else 0.0,
+            "eval_gpu_hours": 0.001, "device": "cpu (test)", "n_devices": 1, "git_sha": sha,
+            "finished_at": "", "run_dir": f"/nonexistent/{run_id}"}
+
+
+@pytest.fixture
+def runs(tmp_path: Path):
+    csv = tmp_path / "runs.csv"
+    # an earlier kNN row of a-e2 seed 0, superseded by the re-run below (last row counts)
+    append_run_row(csv, _row("a", 2, 0, "knn", "pretrained", 10.0, 0.9))
+    for (lever, epochs), seeds in SEEDS.items():
+        for seed, (hours, knn, linear) in enumerate(seeds):
+            append_run_row(csv, _row(lever, epochs, seed, "knn", "pretrained", knn, hours))
+            if linear is not None:
+                append_run_row(csv, _row(lever, epochs, seed, "linear", "pretrained", linear, hours))
+    # controls with each lever's first point (two networks: two controls, two floors)
+    for seed, value in enumerate([18.0, 20.0]):
+        append_run_row(csv, _row("a", 2, seed, "knn", "random", value))
+        append_run_row(csv, _row("a", 2, seed, "knn", "pixels", 80.0))
+        append_run_row(csv, _row("a", 2, seed, "linear", "random", 10.0 + 2 * seed))
+    append_run_row(csv, _row("b", 2, 0, "knn", "random", 30.0))
+    append_run_row(csv, _row("b", 2, 0, "knn", "pixels", 70.0))
+    # the supervised ceiling of a-e2 (its own pretraining hours must not enter ours)
+    for seed, value in enumerate([75.0, 77.0]):
+        append_run_row(csv, _row("a", 2, seed, "knn", "supervised", value, hours=0.5))
+    # rows of other recipes: another sweep whose name starts alike, a plain run
+    append_run_row(csv, _row("a", 2, 5, "knn", "pretrained", 99.0, 0.01, recipe="sw2.a"))
+    append_run_row(csv, _row("a", 2, 6, "knn", "pretrained", 98.0, 0.01, recipe="swa"))
+    append_run_row(csv, _row("a", 2, 7, "knn", "pretrained", 97.0, 0.01, recipe="demo"))
+    return read_runs(csv)
+
+
+def test_statistics_of_each_configuration(runs):
+    table = configurations(runs, "sw").set_index(["lever", "epochs"])
+    assert list(table.index) == [("a", 2), ("a", 4), ("b", 2)]
+    # by hand: a-e2 kNN 60, 62, 67: mean 63, deviations -3, -1, 4, sum of squares 26,
+    # sample variance 26 / 2 = 13 (population 26 / 3 would give 2.94)
+    knn = {k: (s.mean, s.std, s.n) for k, s in table["knn"].items()}
+    assert knn[("a", 2)] == pytest.approx((63.0, math.sqrt(13), 3))
+    assert knn[("a", 4)] == pytest.approx((70.0, 1.0, 3))
+    assert knn[("b", 2)] == pytest.approx((65.0, math.sqrt(2), 2))
+    linear = {k: (s.mean, s.std, s.n) for k, s in table["linear"].items()}
+    assert linear[("a", 2)] == pytest.approx((52.0, 2.0, 3))
+    assert linear[("a", 4)] == pytest.approx((58.0, 1.0, 3))
+    assert linear[("b", 2)] == (50.0, None, 1)
+    # hours: mean over runs (seeds), each run once however many protocols it has:
+    # b-e2 (0.11 + 0.13) / 2 = 0.12, not (0.11 + 0.11 + 0.13) / 3 over rows
+    assert dict(table["pretrain_hours"]) == pytest.approx({("a", 2): 0.06, ("a", 4): 0.09,
+                                                           ("b", 2): 0.12})
+    assert dict(table["compute_images"]) == {("a", 2): 2000.0, ("a", 4): 4000.0, ("b", 2): 1000.0}
+    sup = table.loc[("a", 2), "supervised_knn"]
+    assert (sup.mean, sup.std, sup.n) == pytest.approx((76.0, math.sqrt(2), 2))
+    assert table.loc[("a", 4), "supervised_knn"] is None
+    assert table.loc[("a", 2), "supervised_linear"] is None
+
+
+def test_pareto_marks_use_their_own_axis(runs):
+    # (compute, hours, kNN mean, linear mean):
+    #   a-e2 (2000, 0.06, 63, 52)   a-e4 (4000, 0.09, 70, 58)   b-e2 (1000, 0.12, 65, 50)
+    # kNN vs compute: b-e2 is cheaper and better than a-e2 -> a-e2 off;
+    # kNN vs hours: a-e4 is cheaper and better than b-e2 -> b-e2 off;
+    # linear vs compute: 50 < 52 < 58 as compute grows -> all on;
+    # linear vs hours: a-e4 beats b-e2 -> b-e2 off.
+    table = configurations(runs, "sw")
+    flags = {(r.lever, r.epochs): (r.front_knn, r.front_knn_hours, r.front_linear,
+                                   r.front_linear_hours) for r in table.itertuples()}
+    assert flags == {("a", 2): (False, True, True, True), ("a", 4): (True, True, True, True),
+                     ("b", 2): (True, False, True, False)}
+
+
+def test_every_cell_of_the_markdown_table(runs):
+    text = markdown(configurations(runs, "sw"), controls(runs, "sw"), "sw")
+    rows = [line for line in text.splitlines() if line.startswith("| a ") or line.startswith("| b ")]
+    assert rows == [
+        "| a | 2 | 2.00 | 0.002 | 0.0600 | 63.00 ± 3.61 (n=3) | 52.00 ± 2.00 (n=3) | H | C H "
+        "| 76.00 ± 1.41 (n=2) | — |",
+        "| a | 4 | 4.00 | 0.004 | 0.0900 | 70.00 ± 1.00 (n=3) | 58.00 ± 1.00 (n=3) | C H | C H "
+        "| — | — |",
+        "| b | 2 | 1.00 | 0.001 | 0.1200 | 65.00 ± 1.41 (n=2) | 50.00 ± n/a (n=1) | C | C "
+        "| — | — |",
+    ]
+    assert "99.0" not in text and "98.0" not in text and "97.0" not in text
+
+
+def test_controls_are_kept_per_lever(runs):
+    # each lever's network has its own random-init control and resolution its own pixel
+    # floor: lever a's kNN control 18, 20 -> 19 ± 1.41; lever b's 30 alone (pooled, the
+    # reader would see 22.67 for neither network)
+    floor = {k: (s.mean, s.std, s.n) for k, s in controls(runs, "sw").items()}
+    assert floor == pytest.approx({
+        ("a", "knn", "random"): (19.0, math.sqrt(2), 2), ("a", "knn", "pixels"): (80.0, 0.0, 2),
+        ("a", "linear", "random"): (11.0, math.sqrt(2), 2),
+        ("b", "knn", "random"): (30.0, None, 1), ("b", "knn", "pixels"): (70.0, None, 1)})
+    text = markdown(configurations(runs, "sw"), controls(runs, "sw"), "sw")
+    assert "- a: knn, random-init backbone: 19.00 ± 1.41 (n=2)" in text
+    assert "- b: knn, random-init backbone: 30.00 ± n/a (n=1)" in text
+    assert "- a: knn, raw pixels (the floor): 80.00 ± 0.00 (n=2)" in text
+    assert "- b: knn, raw pixels (the floor): 70.00 ± n/a (n=1)" in text
+
+
+# ----------------------------------------------------------------- results/README.md tables
+def _table_row(seed: int, protocol: str, backbone: str, top1: float, top5: float,
+               pretrain: float, evaluation: float, sha: str = "abc1234") -> dict:
+    return {"run_id": f"r-s{seed}", "recipe": "r", "dataset": "toy", "dataset_classes": 10,
+            "dataset_train_images": 1000, "seed": seed, "protocol": protocol,
+            "backbone": backbone, "epochs": 4 if backbone == "pretrained" else 0,
+            "top1": top1, "top5": top5, "best_top1": top1 + 1.0,
+            "pretrain_gpu_hours": pretrain,
+            "pretrain_epoch_equivalents": 4.0 if backbone == "pretrained" else 0.0,
+            "eval_gpu_hours": evaluation, "device": "cpu (test)", "n_devices": 1,
+            "git_sha": sha, "finished_at": "", "run_dir": f"/nonexistent/r-s{seed}"}
+
+
+def test_every_cell_of_a_results_table(tmp_path):
+    from tests.test_results import tables, write
+
+    rows = []
+    # linear top-1 70, 71, 75: mean 72, sample variance (4 + 1 + 9) / 2 = 7;
+    # top-5 90, 92, 94: mean 92, sd 2; best top-1 71, 72, 76: mean 73
+    # pretraining 1, 2, 3 h -> 2 per run; linear evaluation 0.5 h each -> total 2.5;
+    # kNN evaluation 10 h each -> its own table's total 12, never the linear one's
+    for seed, (lin, top5, hours) in enumerate([(70.0, 90.0, 1.0), (71.0, 92.0, 2.0),
+                                               (75.0, 94.0, 3.0)]):
+        rows.append(_table_row(seed, "linear", "pretrained", lin, top5, hours, 0.5))
+        rows.append(_table_row(seed, "knn", "pretrained", lin - 10, top5, hours, 10.0))
+    rows.append(_table_row(0, "linear", "random", 20.0, 50.0, 0.0, 0.25))  # the control: apart
+    readme = write(tmp_path, rows)
+    linear, _ = tables(readme, "Linear probe")
+    ours, control = linear
+    assert ours["top-1"] == f"72.00 ± {math.sqrt(7):.2f} (n=3)" == "72.00 ± 2.65 (n=3)"
+    assert ours["top-5"] == "92.00 ± 2.00 (n=3)"
+    assert ours["best top-1 (mean)"] == "73.00"
+    assert ours["seeds"] == "0, 1, 2" and ours["epochs"] == "4" and ours["device"] == "1x cpu (test)"
+    assert ours["pretrain device-h per run (mean)"] == "2.00"
+    assert ours["total device-h per run (mean)"] == "2.50"
+    assert ours["cost vs baseline"] == "—" and ours["Δ top-1 vs paper (pp)"] == "—"  # not ImageNet
+    assert control["backbone"] == "random init (control)" and control["top-1"] == "20.00 ± — (n=1)"
+    assert control["pretrain device-h per run (mean)"] == "0"
+    assert control["total device-h per run (mean)"] == "0.250"
+    (knn,), _ = tables(readme, "kNN")
+    assert knn["top-1"] == "62.00 ± 2.65 (n=3)" and knn["total device-h per run (mean)"] == "12.0"
