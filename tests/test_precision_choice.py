@@ -31,7 +31,8 @@ EXPECTED = [
                          ids=[f"{d.type}-{c}-{p}" for d, c, p, *_ in EXPECTED])
 def test_pretrainer_precision(monkeypatch, device, capability, precision, dtype, scaled):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    stage = SimpleNamespace(recipe={"train": {"precision": precision}}, device=device)
+    stage = SimpleNamespace(recipe=SimpleNamespace(train=SimpleNamespace(precision=precision)),
+                            device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a cuda GradScaler on a host without CUDA says so
         amp_dtype, scaler = Pretrainer.create_precision(stage)  # type: ignore[arg-type]
@@ -122,9 +123,9 @@ def test_evaluation_backbone_runs_in_the_protocol_precision(protocol, precision,
 
     monkeypatch.setattr(trained, "autocast_dtype", as_a_gpu)
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_dataset), {"eval.protocol": "smoke"})
-    recipe.values["linear"]["precision"] = precision
+    recipe = recipe.with_overrides({"linear.precision": precision})
     evaluation = trained.Evaluation(recipe, protocol, "random", tmp_path / "eval", DistInfo())
-    assert asked == ([precision] if protocol == "linear" else [])
+    assert asked == ([precision] if protocol == "linear" else ["fp32"])  # fine-tuning: fp32
     seen: list[torch.dtype] = []
     evaluation.model.backbone.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     evaluation.validate()

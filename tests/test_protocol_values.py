@@ -79,8 +79,8 @@ def test_trained_protocol_loaders_get_the_protocol_values(name, protocol, tiny_d
 def test_distinct_values_do_not_swap(tiny_dataset, tmp_path, monkeypatch):
     """res, resize and batch all distinct, so a swap of any two shows."""
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_dataset), {"eval.protocol": "smoke"})
-    recipe.values["linear"].update(res=12, resize=20, batch_size=24)
-    recipe.values["semi"].update(res=10, resize=18, batch_size=8)
+    recipe = recipe.with_overrides({"linear.res": 12, "linear.resize": 20, "linear.batch_size": 24,
+                                    "semi.res": 10, "semi.resize": 18, "semi.batch_size": 8})
     spy = LoaderSpy()
     monkeypatch.setattr(trained_module, "make_eval_loader", spy)
     monkeypatch.setattr(trained_module, "set_stage_threads", lambda *a: None)
@@ -133,7 +133,8 @@ def test_knn_gets_the_protocol_values(name, tiny_dataset, tmp_path, monkeypatch)
 
 def test_knn_distinct_k_and_temperature(tiny_dataset, tmp_path, monkeypatch):
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_dataset), {"eval.protocol": "smoke"})
-    recipe.values["knn"].update(k=3, temperature=0.5, batch_size=12, res=14, resize=21)
+    recipe = recipe.with_overrides({"knn.k": 3, "knn.temperature": 0.5, "knn.batch_size": 12,
+                                    "knn.res": 14, "knn.resize": 21})
     spy = LoaderSpy()
     monkeypatch.setattr(knn_module, "make_eval_loader", spy)
     monkeypatch.setattr(knn_module, "set_stage_threads", lambda *a: None)
