@@ -754,7 +754,7 @@ def frozen_forward_check(plan: Plan, device: torch.device) -> dict[str, Any]:
 
 # ----- f. report ------------------------------------------------------------------------------
 def device_info(device: torch.device) -> dict[str, Any]:
-    from ffcv_bt.reporting.accounting import device_description
+    from ffcv_bt.stage.provenance import device_description
 
     name = device_description(device)["device"]
     capability = None

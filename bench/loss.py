@@ -24,7 +24,8 @@ from torch import nn
 
 from bench.reference_values import LAMBD
 from ffcv_bt.method.objective import barlow_twins_loss, choose_formulation
-from ffcv_bt.reporting.accounting import device_description, sync_device
+from ffcv_bt.stage.clock import sync_device
+from ffcv_bt.stage.provenance import device_description
 
 
 def reference_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = LAMBD) -> torch.Tensor:

@@ -32,8 +32,9 @@ from bench.reference_values import LAMBD, OPTIM
 from ffcv_bt.method.lars import LARS, param_groups_for_lars, set_learning_rates
 from ffcv_bt.method.model import BarlowTwins
 from ffcv_bt.method.objective import barlow_twins_loss, choose_formulation
-from ffcv_bt.reporting.accounting import device_description, sync_device
+from ffcv_bt.stage.clock import sync_device
 from ffcv_bt.stage.mixed_precision import autocast_dtype
+from ffcv_bt.stage.provenance import device_description
 
 IMAGENET_TRAIN = 1_281_167
 

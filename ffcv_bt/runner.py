@@ -32,13 +32,9 @@ from ffcv_bt.distributed.collectives import barrier, broadcast_object
 from ffcv_bt.distributed.process_group import DistInfo, process_group
 from ffcv_bt.errors import ConfigError, RunFolderError
 from ffcv_bt.method.schedules import pretrain_cost_factor
-from ffcv_bt.reporting.accounting import (
-    code_version,
-    device_description,
-    library_versions,
-)
 from ffcv_bt.reporting.dry_run import describe_plan, fit_to_budget
 from ffcv_bt.reporting.runs_csv import append_run_row, evaluation_row
+from ffcv_bt.stage.provenance import code_version, device_description, library_versions
 from ffcv_bt.sweep import run_sweep
 
 DEFAULT_RECIPE = REPO_ROOT / "rules" / "demo.yaml"

@@ -1,4 +1,4 @@
-"""Tests for ffcv_bt.reporting.accounting: clock arithmetic, device sync order, provenance."""
+"""Tests for ffcv_bt.stage.clock and ffcv_bt.stage.provenance: clock arithmetic, device sync order, provenance."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -11,14 +11,9 @@ import numpy
 import pytest
 import torch
 
-from ffcv_bt.reporting import accounting
-from ffcv_bt.reporting.accounting import (
-    StageClock,
-    code_version,
-    device_description,
-    library_versions,
-    sync_device,
-)
+from ffcv_bt.stage import clock as clock_module
+from ffcv_bt.stage.clock import StageClock, sync_device
+from ffcv_bt.stage.provenance import code_version, device_description, library_versions
 
 
 class FakeClock:
@@ -39,7 +34,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(accounting.time, "perf_counter", fake.perf_counter)
+    monkeypatch.setattr(clock_module.time, "perf_counter", fake.perf_counter)
     monkeypatch.setattr(torch.cuda, "synchronize", fake.synchronize)
     return fake
 
@@ -142,7 +137,7 @@ def test_library_versions_match_imported_modules():
 
 def test_library_versions_does_not_import_ffcv():
     # Importing ffcv sets torch's thread count to 1 (ffcv/pipeline/compiler.py): only read metadata.
-    code = ("import sys; from ffcv_bt.reporting.accounting import library_versions; library_versions(); "
+    code = ("import sys; from ffcv_bt.stage.provenance import library_versions; library_versions; "
             "print('ffcv' in sys.modules, 'numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True, cwd=Path(__file__).resolve().parents[1]).stdout.split()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from recipes import write_tiny_recipe
 
-import ffcv_bt.reporting.accounting as accounting
+import ffcv_bt.stage.clock as clock_module
 from ffcv_bt.config import load_recipe
 from ffcv_bt.distributed.process_group import DistInfo
 from ffcv_bt.errors import Preempted
@@ -23,7 +23,7 @@ ORIGINAL_STEP = pretrain_module.Pretrainer.train_step
 def fake_time(monkeypatch):
     """The clock's perf_counter, advanced only by the patched training step."""
     now = SimpleNamespace(t=1000.0)
-    monkeypatch.setattr(accounting, "time", SimpleNamespace(perf_counter=lambda: now.t))
+    monkeypatch.setattr(clock_module, "time", SimpleNamespace(perf_counter=lambda: now.t))
     return now
 
 

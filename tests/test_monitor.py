@@ -86,7 +86,7 @@ def _tiny_recipe(tmp_path: Path, data: Path, epochs: int, every: int):
 def test_a_projector_with_constant_output_triggers_the_collapse_warning_once(
         tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from ffcv_bt.distributed.process_group import DistInfo
-    from ffcv_bt.reporting.accounting import StageClock
+    from ffcv_bt.stage.clock import StageClock
     from ffcv_bt.train.monitor import TrainingMonitor
     from ffcv_bt.train.pretrain import build_model
 

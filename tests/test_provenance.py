@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ffcv_bt.reporting.accounting import code_version
+from ffcv_bt.stage.provenance import code_version
 
 
 def _git(repo: Path, *args: str) -> str:

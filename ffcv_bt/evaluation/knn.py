@@ -36,8 +36,9 @@ from ffcv_bt.data.manifest import Manifest, beton_path
 from ffcv_bt.distributed.collectives import gather_rows
 from ffcv_bt.distributed.process_group import DistInfo
 from ffcv_bt.evaluation.backbone_weights import load_backbone, sha256_of
-from ffcv_bt.reporting.accounting import StageClock, device_description
+from ffcv_bt.stage.clock import StageClock
 from ffcv_bt.stage.mixed_precision import true_fp32
+from ffcv_bt.stage.provenance import device_description
 from ffcv_bt.stage.skeleton import run_stage, set_stage_threads
 
 

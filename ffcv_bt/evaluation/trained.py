@@ -29,9 +29,10 @@ from ffcv_bt.errors import CheckpointError, ConfigError, NonFiniteLoss, Preempte
 from ffcv_bt.evaluation.backbone_weights import load_backbone, sha256_of
 from ffcv_bt.method.model import convert_sync_batchnorm
 from ffcv_bt.method.schedules import cosine_epoch_lr
-from ffcv_bt.reporting.accounting import StageClock, device_description
 from ffcv_bt.stage.checkpoints import load_checkpoint, save_checkpoint
+from ffcv_bt.stage.clock import StageClock
 from ffcv_bt.stage.mixed_precision import autocast_dtype, set_tf32
+from ffcv_bt.stage.provenance import device_description
 from ffcv_bt.stage.skeleton import append_log, per_rank_batch, run_stage, set_stage_threads
 
 PROTOCOLS = ("linear", "semi1", "semi10")
@@ -378,9 +379,9 @@ def record_external(recipe: Recipe, protocol: str, weights: str, out_dir: Path,
     """Append an evaluated external checkpoint to runs.csv (backbone "external", no
     pretraining cost) and regenerate the tables."""
     from ffcv_bt.config import REPO_ROOT
-    from ffcv_bt.reporting.accounting import code_version
     from ffcv_bt.reporting.runs_csv import append_run_row, evaluation_row
     from ffcv_bt.reporting.tables import generate
+    from ffcv_bt.stage.provenance import code_version
 
     if weights == "random":
         raise ConfigError("--record is for a checkpoint file; the random control is recorded "

@@ -1,6 +1,7 @@
 """What every stage (pretraining, linear / semi-supervised evaluation, kNN) shares: the
 skeleton (skip when finished, run, broadcast the result, the per-stage duties), atomic
-checkpoints and mixed precision.
+checkpoints, mixed precision, the stage clock (device-hours) and provenance (device,
+libraries, code revision).
 
 Imports: torch, ``ffcv_bt.errors``, ``ffcv_bt.atomic_files``, ``ffcv_bt.distributed``; never
 train, evaluation, reporting or the entry layer.

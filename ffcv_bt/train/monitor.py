@@ -48,7 +48,7 @@ from ffcv_bt.distributed.process_group import DistInfo, set_cpu_compute_threads
 from ffcv_bt.evaluation.knn import knn_accuracy
 from ffcv_bt.method.model import BarlowTwins
 from ffcv_bt.method.objective import correlation_terms
-from ffcv_bt.reporting.accounting import StageClock
+from ffcv_bt.stage.clock import StageClock
 from ffcv_bt.stage.mixed_precision import true_fp32
 
 STATE_FILE = "monitor_state.json"

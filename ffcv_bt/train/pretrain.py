@@ -35,9 +35,10 @@ from ffcv_bt.method.lars import LARS, param_groups_for_lars, set_learning_rates
 from ffcv_bt.method.model import BarlowTwins, convert_sync_batchnorm
 from ffcv_bt.method.schedules import lr_at, resolution_of_recipe
 from ffcv_bt.preflight import check_device_settings
-from ffcv_bt.reporting.accounting import StageClock, device_description
 from ffcv_bt.stage.checkpoints import load_checkpoint, save_checkpoint, to_cpu
+from ffcv_bt.stage.clock import StageClock
 from ffcv_bt.stage.mixed_precision import autocast_dtype, set_tf32
+from ffcv_bt.stage.provenance import device_description
 from ffcv_bt.stage.skeleton import append_log, per_rank_batch, run_stage, set_stage_threads
 from ffcv_bt.train.monitor import TrainingMonitor
 from ffcv_bt.train.step import barlow_step
