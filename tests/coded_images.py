@@ -1,5 +1,6 @@
 """Images that carry their label in their colour, written to a .beton: any view of image
-``i`` (label ``i``) tells which image it came from (shared by the loader tests).
+``i`` (label ``i``) tells which image it came from; and a spy on FFCV's epoch iterators
+(shared by the loader tests).
 
 Image ``i`` has constant red ``10 + 6 i`` and green ``244 - 6 i`` and a blue ramp from left
 to right. Crops, resizes, flips and blurs keep red and green constant, while the ramp makes
@@ -58,3 +59,23 @@ def assert_views_match_labels(images: torch.Tensor, labels: torch.Tensor) -> Non
         error = pixels[..., channel] - code[:, None, None]
         assert np.abs(error.mean(axis=(1, 2))).max() <= 2.5
         assert np.abs(error).max() <= 4
+
+
+def spy_epoch_iterators(monkeypatch) -> list:
+    """Record every FFCV EpochIterator made from now on, with how often it was closed."""
+    import ffcv.loader.loader as ffcv_loader_module
+
+    made = []
+
+    class Spy(ffcv_loader_module.EpochIterator):
+        def __init__(self, *args, **kwargs) -> None:
+            self.close_calls = 0
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+        def close(self) -> None:
+            self.close_calls += 1
+            super().close()
+
+    monkeypatch.setattr(ffcv_loader_module, "EpochIterator", Spy)
+    return made

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from coded_images import NUM_IMAGES, assert_views_match_labels, to_pixels, write_coded_beton
+from coded_images import (
+    NUM_IMAGES,
+    assert_views_match_labels,
+    spy_epoch_iterators,
+    to_pixels,
+    write_coded_beton,
+)
 from ffcv.pipeline.compiler import Compiler
 
 from ffcv_bt.config import RULES_DIR, load_recipe
@@ -174,26 +180,6 @@ def test_normalize_images_matches_torchvision(channels_last):
     if torch.cuda.is_available():  # the device path gives the same numbers
         on_device = normalize_images(images, "cuda", channels_last=channels_last)
         assert torch.allclose(on_device.cpu(), ours, atol=1e-6)
-
-
-def spy_epoch_iterators(monkeypatch) -> list:
-    """Record every FFCV EpochIterator made from now on, with how often it was closed."""
-    import ffcv.loader.loader as ffcv_loader_module
-
-    made = []
-
-    class Spy(ffcv_loader_module.EpochIterator):
-        def __init__(self, *args, **kwargs) -> None:
-            self.close_calls = 0
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-        def close(self) -> None:
-            self.close_calls += 1
-            super().close()
-
-    monkeypatch.setattr(ffcv_loader_module, "EpochIterator", Spy)
-    return made
 
 
 @pytest.mark.timeout(300)
