@@ -12,12 +12,15 @@ PYTEST_ARGS ?=
 
 .PHONY: test demo test-all lint frontier apt venv results clean-venv gpu-check
 
-# The modules that call numba kernels directly run in their own processes (tests/conftest.py).
+# Two pytest workers (pytest-xdist; one module per worker at a time, so module fixtures run
+# once); modules marked own_process run in a child pytest (tests/own_process.py).
+XDIST     := -n 2 --dist loadscope
+
 test: $(STAMP)
-	$(VPY) -m pytest $(PYTEST_ARGS)
+	$(VPY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-all: $(STAMP)
-	$(VPY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+	$(VPY) -m pytest $(XDIST) -m "slow or not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VPY) -m ruff check .

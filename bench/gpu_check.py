@@ -189,7 +189,7 @@ def step_harness(model: torch.nn.Module, wrapped: torch.nn.Module, device: torch
     set_learning_rates(opt, batch / 256, OPTIM.lr_weights, OPTIM.lr_biases)  # the peak (after warmup)
     dtype = DTYPES[precision] if device.type == "cuda" else None
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return SimpleNamespace(recipe={"loss": LOSS}, device=device, amp_dtype=dtype,
+    return SimpleNamespace(recipe=SimpleNamespace(loss=LOSS), device=device, amp_dtype=dtype,
                            ddp_model=wrapped, optimizer=opt, scaler=scaler)
 
 

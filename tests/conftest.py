@@ -2,10 +2,14 @@
 and the own_process marker (tests/own_process.py)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from own_process import pytest_collection_modifyitems, pytest_configure  # noqa: F401 (hooks)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # make test: one of two workers on 2 cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported: no oversubscription
 
 
 @pytest.fixture(scope="session")

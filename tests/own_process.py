@@ -61,10 +61,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             marked[item.getparent(pytest.Module)].append(item)
     if not marked or len(modules) == 1:
         return
-    moved = [item for group in marked.values() for item in group]
-    config.hook.pytest_deselected(items=moved)
-    kept = [item for item in items if item not in set(moved)]
-    for module, group in marked.items():
-        kept.append(OwnProcessRun.from_parent(module, name="[own process]",
-                                              node_ids=[item.nodeid for item in group]))
+    moved = {item for group in marked.values() for item in group}
+    config.hook.pytest_deselected(items=list(moved))
+    runs = {module: OwnProcessRun.from_parent(module, name="[own process]",
+                                              node_ids=[item.nodeid for item in group])
+            for module, group in marked.items()}
+    kept = []  # each child run where its module's first test was (workers start it in turn)
+    for item in items:
+        if item not in moved:
+            kept.append(item)
+        elif item is marked[item.getparent(pytest.Module)][0]:
+            kept.append(runs[item.getparent(pytest.Module)])
     items[:] = kept

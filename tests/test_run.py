@@ -56,7 +56,9 @@ def test_run_end_to_end_then_resume_after_kill(tiny_dataset: Path, tmp_path: Pat
     recipe = write_tiny_recipe(tmp_path, tiny_dataset, epochs=2)
     results = tmp_path / "results"
     out = tmp_path / "run"
-    args = ["--config", str(recipe), "--out", str(out), "--results-dir", str(results)]
+    # every stage kind but semi10 (semi1's code path; its subset: test_protocol_values.py)
+    args = ["--config", str(recipe), "--out", str(out), "--results-dir", str(results),
+            "--stages", "pretrain,knn,linear,semi1"]
 
     # Kill during pretraining, then re-run the same command: it resumes and finishes.
     proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], env=ENV, cwd=REPO,
@@ -82,15 +84,14 @@ def test_run_end_to_end_then_resume_after_kill(tiny_dataset: Path, tmp_path: Pat
     assert meta["finished"] and meta["recipe"] == "tiny"
     assert meta["code"]["git_sha"] and "torch" in meta["libraries"]
     assert set(meta["stages"]) == {"pretrain", "knn", "knn-random", "knn-pixels", "linear",
-                                   "linear-random", "semi1", "semi1-random", "semi10",
-                                   "semi10-random"}
+                                   "linear-random", "semi1", "semi1-random"}
     assert all(s["device_hours"] > 0 for s in meta["stages"].values())
     assert (out / "config.yaml").is_file() and (out / "pretrain" / "resnet18.pth").is_file()
 
     runs = pd.read_csv(results / "runs.csv")
-    assert len(runs) == 9
+    assert len(runs) == 7
     assert set(zip(runs.protocol, runs.backbone)) == {
-        (p, b) for p in ("knn", "linear", "semi1", "semi10") for b in ("pretrained", "random")
+        (p, b) for p in ("knn", "linear", "semi1") for b in ("pretrained", "random")
     } | {("knn", "pixels")}
     assert (runs.dataset_classes == 10).all() and (runs.dataset_train_images == 200).all()
     assert (runs.seed == 0).all()
@@ -114,5 +115,5 @@ def test_run_end_to_end_then_resume_after_kill(tiny_dataset: Path, tmp_path: Pat
     # control, not configuration, so it may differ from the first call.
     again = _run(args + ["--stages", "linear"], timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert len(pd.read_csv(results / "runs.csv")) == 9
+    assert len(pd.read_csv(results / "runs.csv")) == 7
     assert "Traceback" not in again.stderr

@@ -75,6 +75,9 @@ def _rows(results: Path) -> pd.DataFrame:
                               "run_dir"]).sort_values(["run_id", "protocol", "backbone"])
 
 
+# ~210 s. In the default suite: the sweep's skip / resume in process (test_sweep_finished.py)
+# and a killed run's resume (test_run.py).
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_killed_sweep_resumes_to_the_same_rows(tiny_dataset: Path, tmp_path: Path) -> None:
     path = write_sweep(tmp_path, tiny_dataset, TWO_POINTS)
