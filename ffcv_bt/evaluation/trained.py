@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ffcv_bt.atomic_files import atomic_write_json
 from ffcv_bt.config import Recipe
 from ffcv_bt.data.eval_loader import make_eval_loader
 from ffcv_bt.data.manifest import Manifest, beton_path
@@ -36,6 +37,9 @@ from ffcv_bt.stage.provenance import device_description
 from ffcv_bt.stage.skeleton import append_log, per_rank_batch, run_stage, set_stage_threads
 
 PROTOCOLS = ("linear", "semi1", "semi10")
+
+
+DISCARDED_FILE = "discarded_seconds.json"  # time of epochs cut short since the checkpoint
 
 
 @dataclass
@@ -121,7 +125,8 @@ class Evaluation:
         precision = self.settings.precision if self.frozen else "fp32"  # fine-tuning trains in fp32
         set_tf32(precision)
         self.amp_dtype = autocast_dtype(precision, self.device)
-        self.epoch, self.history, prior = self.resume()
+        self.epoch, self.history, self.saved_seconds = self.resume()
+        prior = self.saved_seconds + self.discarded_seconds()
         self.clock = StageClock(self.device, dist.world_size, prior_seconds=prior)
         self.stop = StopSignals()
 
@@ -200,7 +205,23 @@ class Evaluation:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "history": json.dumps(self.history),
                 "device_seconds": self.clock.seconds, "weights": self.weights})
+        self.saved_seconds = self.clock.seconds
         barrier()
+
+    def discarded_seconds(self) -> float:
+        """Device seconds of epochs cut short by a stop after the checkpoint of ``self.epoch``
+        (their work is replayed, their time was spent: it counts)."""
+        path = self.out_dir / DISCARDED_FILE
+        if not path.is_file():
+            return 0.0
+        record = json.loads(path.read_text())
+        return float(record["seconds"]) if record["epoch"] == self.epoch else 0.0
+
+    def record_discarded_seconds(self) -> None:
+        """On a stop mid-epoch: the seconds since the last checkpoint, for the resumed run."""
+        if self.dist.is_main:
+            atomic_write_json(self.out_dir / DISCARDED_FILE, {
+                "epoch": self.epoch, "seconds": self.clock.seconds - self.saved_seconds})
 
     def check_frozen(self) -> None:
         """The linear probe's backbone must be bit-for-bit unchanged (BN stats included)."""
@@ -226,8 +247,13 @@ class Evaluation:
         try:
             train_loss = self.train_epoch()
             top1, top5 = self.validate()
-        finally:
+        except Preempted:
             self.clock.stop()
+            self.record_discarded_seconds()
+            raise
+        finally:
+            if self.clock.running:
+                self.clock.stop()
         self.check_frozen()
         record = {"epoch": self.epoch, "train_loss": train_loss, "top1": top1, "top5": top5,
                   "lr_classifier": self.optimizer.param_groups[0]["lr"],
