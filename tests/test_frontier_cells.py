@@ -172,3 +172,27 @@ def test_every_cell_of_a_results_table(tmp_path):
     assert control["total device-h per run (mean)"] == "0.250"
     (knn,), _ = tables(readme, "kNN")
     assert knn["top-1"] == "62.00 ± 2.65 (n=3)" and knn["total device-h per run (mean)"] == "12.0"
+
+
+def test_a_lever_rerun_by_other_code_is_another_configuration(tmp_path) -> None:
+    """Rows of one lever from two code revisions are labelled apart, controls too."""
+    from runs_rows import make_row as row_of
+
+    from ffcv_bt.reporting.runs_csv import append_run_row as append
+    csv_path = tmp_path / "runs.csv"
+    for sha, top1, control in (("aaaaaaa1", 70.0, 20.0), ("bbbbbbb2-dirty", 75.0, 60.0)):
+        for seed in (0, 1):
+            common = dict(recipe="sw.lever", protocol="knn", epochs=4, seed=seed, git_sha=sha,
+                          run_id=f"{sha}-{seed}")
+            append(csv_path, row_of(**common, top1=top1 + seed))
+            append(csv_path, row_of(**{**common, "epochs": 0}, backbone="random", top1=control,
+                                    pretrain_gpu_hours=0.0))
+    from ffcv_bt.reporting.frontier import configurations, controls
+    from ffcv_bt.reporting.runs_csv import read_runs as read
+
+    table = configurations(read(csv_path), "sw")
+    assert sorted(table["lever"]) == ["lever @ aaaaaaa", "lever @ bbbbbbb"]
+    assert sorted(s.mean for s in table["knn"]) == [70.5, 75.5]
+    floors = controls(read(csv_path), "sw")
+    assert {k: v.mean for k, v in floors.items()} == {("lever @ aaaaaaa", "knn", "random"): 20.0,
+                                                      ("lever @ bbbbbbb", "knn", "random"): 60.0}

@@ -48,17 +48,29 @@ class Stat:
         return f"{self.mean:.2f} ± {spread} (n={self.n})"
 
 
+def _labelled(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
+    """The sweep's rows with a ``label``: the lever, or "lever @ <commit>" where a lever has
+    rows from several code revisions (a lever re-run after a change is another configuration;
+    "-dirty" is dropped, as in the results tables)."""
+    rows = runs[runs["recipe"].str.startswith(f"{sweep}.")].copy()
+    revision = rows["git_sha"].fillna("").astype(str).str.replace("-dirty", "", regex=False).str[:7]
+    lever = rows["recipe"].str.split(".", n=1).str[1]
+    several = revision.groupby(lever).transform("nunique") > 1
+    rows["label"] = lever.where(~several, lever + " @ " + revision)
+    return rows
+
+
 def configurations(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
     """One row per (lever, epochs) of ``sweep``'s pretrained rows: per protocol a Stat,
     the mean pretraining device-hours, the compute and the frontier flags."""
-    in_sweep = runs[runs["recipe"].str.startswith(f"{sweep}.")]
+    in_sweep = _labelled(runs, sweep)
     ours = in_sweep[in_sweep["backbone"] == "pretrained"]
     ceiling = in_sweep[in_sweep["backbone"] == "supervised"]
     rows = []
-    for (recipe, epochs), group in ours.groupby(["recipe", "epochs"], sort=False):
+    for (recipe, epochs), group in ours.groupby(["label", "epochs"], sort=False):
         pretrain = group.drop_duplicates("run_id")
         equivalents = {float(x) for x in pretrain["pretrain_epoch_equivalents"] if x is not None}
-        row = {"lever": recipe.split(".", 1)[1], "epochs": int(epochs),
+        row = {"lever": recipe, "epochs": int(epochs),
                "epoch_equivalents": max(equivalents) if equivalents else float("nan"),
                "train_images": int(pretrain["dataset_train_images"].iloc[0] or 0),
                "pretrain_hours": float(pretrain["pretrain_gpu_hours"].mean()),
@@ -67,7 +79,7 @@ def configurations(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
         for protocol in PROTOCOLS:
             values = [float(v) for v in group[group["protocol"] == protocol]["top1"]]
             row[protocol] = Stat.of(values) if values else None
-            same = ceiling[(ceiling["recipe"] == recipe) & (ceiling["epochs"] == epochs)
+            same = ceiling[(ceiling["label"] == recipe) & (ceiling["epochs"] == epochs)
                            & (ceiling["protocol"] == protocol)]
             row[f"supervised_{protocol}"] = Stat.of([float(v) for v in same["top1"]]) if len(same) else None
         rows.append(row)
@@ -91,9 +103,10 @@ def configurations(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
 def controls(runs: pd.DataFrame, sweep: str) -> dict[tuple[str, str, str], Stat]:
     """(lever, protocol, backbone) -> Stat for the sweep's random-init and raw-pixel rows,
     per lever: levers that change the network or resolution have their own control."""
-    rows = runs[runs["recipe"].str.startswith(f"{sweep}.") & runs["backbone"].isin(["random", "pixels"])]
-    return {(r.split(".", 1)[1], p, b): Stat.of([float(v) for v in g["top1"]])
-            for (r, p, b), g in rows.groupby(["recipe", "protocol", "backbone"], sort=False)}
+    in_sweep = _labelled(runs, sweep)
+    rows = in_sweep[in_sweep["backbone"].isin(["random", "pixels"])]
+    return {(label, p, b): Stat.of([float(v) for v in g["top1"]])
+            for (label, p, b), g in rows.groupby(["label", "protocol", "backbone"], sort=False)}
 
 
 def markdown(table: pd.DataFrame, floor: dict[tuple[str, str, str], Stat], sweep: str) -> str:
@@ -129,7 +142,8 @@ def markdown(table: pd.DataFrame, floor: dict[tuple[str, str, str], Stat], sweep
               "for the same epochs and resolutions (ffcv_bt/train/supervised.py), evaluated "
               "with the same protocols.", "",
               "Controls (per lever that ran them; the random-init backbone has torchvision's "
-              "standard initialisation):", ""]
+              "standard initialisation, except in rows recorded before 2026-12-03, whose control "
+              "was the zero-init pretraining start, a near-constant network):", ""]
     for (lever, protocol, backbone), stat in sorted(floor.items()):
         label = "raw pixels (the floor)" if backbone == "pixels" else f"{backbone}-init backbone"
         lines.append(f"- {lever}: {protocol}, {label}: {stat}")
