@@ -7,9 +7,10 @@ benchmark: they come from a protocol file, ``rules/protocols/<eval.protocol>.yam
 recipe may not set them; to change them, a recipe names another protocol.
 
 ffcv_bt.params declares the parameters (type, help, range), and YAML is read only here
-(recipes, protocols, sweep files). An unknown section or key, a value of the wrong type (``1.5`` for an int,
-``"yes please"`` for a bool) or out of range raises :class:`ConfigError` naming the file,
-the key and what is allowed, before any work starts.
+(recipes, protocols, sweep files). An unknown section or key, a value of the wrong type
+(``1.5`` for an int, ``"yes please"`` for a bool) or out of range raises
+:class:`ConfigError` naming the file, the key and what is allowed, before any work starts.
+A loaded :class:`Recipe` is read-only: ``recipe.optim.epochs``.
 """
 from __future__ import annotations
 
