@@ -121,7 +121,7 @@ class Recipe:
     def evaluations(self) -> list[tuple[str, str, str]]:
         """(stage key, protocol, backbone kind) in run order; with eval.supervised the
         supervised ceiling follows each, with eval.control the random control, and for kNN
-        the raw-pixel floor when the protocol asks for it."""
+        and logreg the raw-pixel floor when the protocol asks for it."""
         out = []
         for stage in self.stages:
             if stage == "pretrain":
@@ -131,8 +131,9 @@ class Recipe:
                 out.append((f"{stage}-supervised", stage, "supervised"))
             if self.eval.control:
                 out.append((f"{stage}-random", stage, "random"))
-            if stage == "knn" and self.knn.pixel_floor and self.eval.control:
-                out.append(("knn-pixels", stage, "pixels"))
+            floor = {"knn": self.knn.pixel_floor, "logreg": self.logreg.pixel_floor}.get(stage)
+            if floor and self.eval.control:
+                out.append((f"{stage}-pixels", stage, "pixels"))
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_SECTIONS = ("linear", "semi", "knn")
+PROTOCOL_SECTIONS = ("linear", "semi", "knn", "logreg")
 
 
 @dataclass(frozen=True)
@@ -228,8 +228,19 @@ _section(
     pixel_floor=_p(bool, "also classify raw pixels (the floor; small images only)"),
 )
 _section(
+    "logreg", "L-BFGS logistic regression on frozen, standardised features (protocol, not "
+              "recipe; SimCLR's transfer evaluation, Chen et al. 2020)",
+    weight_decay=_p(float, "L2 coefficient: mean cross-entropy + weight_decay/2 ||W||^2",
+                    InRange(0.0, 100.0)),
+    iterations=_p(int, "L-BFGS iterations at most", InRange(1, 100000)),
+    batch_size=_p(int, "GLOBAL batch size of the feature extraction", InRange(1, 1 << 20)),
+    res=_p(int, "centre-crop size for train and val features", InRange(8, 1024)),
+    resize=_p(int, "resize before the centre crop", InRange(8, 2048)),
+    pixel_floor=_p(bool, "also fit raw pixels (the floor; small images only)"),
+)
+_section(
     "run", "What run.py does (run control: changing it keeps a run folder usable)",
-    stages=_p(str, "comma-separated subset of pretrain,knn,linear,semi1,semi10"),
+    stages=_p(str, "comma-separated subset of pretrain,knn,logreg,linear,semi1,semi10"),
     seeds=_p(str, "comma-separated train.seed values, one run each (empty: train.seed only)"),
 )
 _section(
@@ -252,7 +263,7 @@ _section(
     folder=_p(str, "submitit logs folder (relative to the run folder)"),
 )
 
-ALL_STAGES = ("pretrain", "knn", "linear", "semi1", "semi10")
+ALL_STAGES = ("pretrain", "knn", "logreg", "linear", "semi1", "semi10")
 # Sections that say how to run, not what is computed: changing them (--stages, an estimate,
 # SLURM settings, the online monitor, which leaves the weights unchanged) keeps a run
 # folder usable.

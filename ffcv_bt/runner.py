@@ -76,11 +76,16 @@ def _load_metadata(recipe: Recipe, run_dir: Path, dist: DistInfo) -> dict[str, A
 
 def _evaluate(recipe: Recipe, protocol: str, weights: str, out_dir: Path,
               dist: DistInfo) -> dict[str, Any]:
-    """One evaluation stage: the kNN protocol, or a trained one (linear, semi1, semi10)."""
+    """One evaluation stage: a frozen-feature protocol (knn, logreg) or a trained one
+    (linear, semi1, semi10)."""
     if protocol == "knn":
         from ffcv_bt.evaluation.knn import evaluate_knn  # ffcv
 
         return evaluate_knn(recipe, weights, out_dir, dist)
+    if protocol == "logreg":
+        from ffcv_bt.evaluation.logreg import evaluate_logreg  # ffcv
+
+        return evaluate_logreg(recipe, weights, out_dir, dist)
     from ffcv_bt.evaluation.trained import evaluate  # ffcv
 
     return evaluate(recipe, protocol, weights, out_dir, dist)

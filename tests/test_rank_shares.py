@@ -81,7 +81,7 @@ def rank_main(rank: int, data_dir: str, init: str, out: str) -> None:
     for split in ("train", "val"):
         read.clear()
         n = evaluation.manifest.num_images(split)
-        knn._split_features(recipe, torch.nn.Flatten(), Path(data_dir), split, n, info)
+        knn.split_features(recipe, recipe.knn, torch.nn.Flatten(), Path(data_dir), split, n, info)
         seen[f"knn/{split}"] = list(read)
     (Path(out) / f"seen-{rank}.json").write_text(json.dumps(seen))
     dist.destroy_process_group()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -131,10 +131,21 @@ def extract_features(backbone: nn.Module, batches: Iterable[tuple[Tensor, Tensor
 PIXELS = "pixels"
 
 
-def _split_features(recipe: Recipe, backbone: nn.Module, data_dir: Path, split: str,
-                    num_images: int, dist: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
-    """All ranks' features and labels of ``split``, in a fixed order (rank slices in turn)."""
-    k = recipe.knn
+def frozen_backbone(recipe: Recipe, weights: str, dist: DistInfo) -> nn.Module:
+    """The backbone a frozen-feature protocol reads, on the stage's device: ``weights`` (a
+    path or ``random``) in the recipe's architecture, or the flattened pixels."""
+    if weights == PIXELS:
+        return nn.Flatten().to(dist.device)
+    m = recipe.model
+    backbone, _ = load_backbone(weights, m["arch"], m["width"], m["small_stem"],
+                                seed=recipe.train.seed)
+    return backbone.to(dist.device)
+
+
+def split_features(recipe: Recipe, k: Mapping[str, Any], backbone: nn.Module, data_dir: Path,
+                   split: str, num_images: int, dist: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' features and labels of ``split``, in a fixed order (rank slices in turn),
+    read as protocol section ``k`` says (its batch_size, res and resize)."""
     indices = np.arange(num_images)[dist.rank::dist.world_size]
     loader = make_eval_loader(str(beton_path(data_dir, split)),
                               max(1, k["batch_size"] // dist.world_size), "val",
@@ -154,20 +165,16 @@ def evaluate_knn(recipe: Recipe, weights: str, out_dir: str | Path, dist: DistIn
 
 def _knn_stage(recipe: Recipe, weights: str, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    m, k = recipe.model, recipe.knn
+    k = recipe.knn
     data_dir = Path(recipe.data.dir)
     manifest = Manifest.read(data_dir)
-    if weights == PIXELS:
-        backbone: nn.Module = nn.Flatten()
-    else:
-        backbone, _ = load_backbone(weights, m["arch"], m["width"], m["small_stem"],
-                                    seed=recipe.train.seed)
-    backbone = backbone.to(dist.device)
+    backbone = frozen_backbone(recipe, weights, dist)
     clock = StageClock(dist.device, dist.world_size)
     clock.start()
-    train_x, train_y = _split_features(recipe, backbone, data_dir, "train",
-                                       manifest.num_images("train"), dist)
-    val_x, val_y = _split_features(recipe, backbone, data_dir, "val", manifest.num_images("val"), dist)
+    train_x, train_y = split_features(recipe, k, backbone, data_dir, "train",
+                                      manifest.num_images("train"), dist)
+    val_x, val_y = split_features(recipe, k, backbone, data_dir, "val",
+                                  manifest.num_images("val"), dist)
     compute_on = dist.device if dist.device.type == "cuda" else torch.device("cpu")
     top1, top5 = knn_accuracy(train_x.to(compute_on), train_y, val_x.to(compute_on), val_y,
                               len(manifest.classes), k=k["k"], temperature=k["temperature"])

@@ -269,6 +269,7 @@ def describe_plan(recipe: Recipe, devices_dir: str | Path | None = None,
         "semi1": semi["epochs"] * subsets.get(1, round(0.01 * n_train)),
         "semi10": semi["epochs"] * subsets.get(10, round(0.1 * n_train)),
         "knn": n_train,  # one frozen pass over the train features (val is small)
+        "logreg": n_train,  # the same pass; the L-BFGS fit on the features is small beside it
     }
     lines.append(f"throughput: {tp.source}")
     if tp.measured:

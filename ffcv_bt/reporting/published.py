@@ -40,7 +40,7 @@ class Published:
     def accuracy(self, protocol: str) -> Accuracy | None:
         """(top-1, top-5) for a runs.csv protocol name, None when not published."""
         return {"linear": self.linear, "semi1": self.semi1, "semi10": self.semi10,
-                "knn": self.knn}[protocol]
+                "knn": self.knn}.get(protocol)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ dataset                str    non-empty label, e.g. "fashion-mnist (10 classes, 
 dataset_classes        int    >= 1, number of classes of the evaluated data set
 dataset_train_images   int    >= 1, images in its train split
 seed                   int    0 .. 2**31-1, train.seed of pretraining (evaluation uses it too)
-protocol               str    "linear" | "semi1" | "semi10" | "knn" (k=20, cosine, T=0.07)
+protocol               str    "linear" | "semi1" | "semi10" | "knn" (k=20, cosine, T=0.07) | "logreg"
 backbone               str    "pretrained" (ours) | "random" (random-init control, standard
                               init) | "supervised" (the supervised ceiling: same backbone,
                               images, epochs and resolutions, trained with labels) |
@@ -62,7 +62,7 @@ RUNS_COLUMNS = ["run_id", "recipe", "dataset", "dataset_classes", "dataset_train
                 "pretrain_gpu_hours", "pretrain_epoch_equivalents", "eval_gpu_hours", "device",
                 "n_devices", "git_sha", "finished_at", "run_dir"]
 OPTIONAL_NUMBERS = ("pretrain_epoch_equivalents",)  # None in rows recorded before it
-PROTOCOLS = ("linear", "semi1", "semi10", "knn")
+PROTOCOLS = ("linear", "semi1", "semi10", "knn", "logreg")
 BACKBONES = ("pretrained", "supervised", "random", "pixels", "external")
 TRAINED = ("pretrained", "supervised")  # rows that carry a training cost
 MAX_SEED = 2**31 - 1

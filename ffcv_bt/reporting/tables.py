@@ -48,8 +48,8 @@ from ffcv_bt.reporting.runs_csv import (  # noqa: F401 (re-exported)
 
 # The kNN settings the tables name, read from the standard protocol (stated once there).
 _KNN = protocol_values("standard")["knn"]
-PROTOCOL_NAMES = {"knn": f"kNN (k={_KNN['k']})", "linear": "linear probe", "semi1": "1% labels",
-                  "semi10": "10% labels"}
+PROTOCOL_NAMES = {"knn": f"kNN (k={_KNN['k']})", "logreg": "logistic regression",
+                  "linear": "linear probe", "semi1": "1% labels", "semi10": "10% labels"}
 BACKBONE_NAMES = {"pretrained": "pretrained", "supervised": "supervised (ceiling, same budget)",
                   "external": "external (published checkpoint)",
                   "random": "random init (control)", "pixels": "raw pixels (floor)"}
@@ -344,6 +344,8 @@ def supervised_ceiling_table() -> str:
 def render_readme(runs: pd.DataFrame) -> str:
     """The whole results/README.md text for ``runs`` (as returned by read_runs)."""
     sections = [(f"kNN (frozen backbone, k={_KNN['k']}, cosine, T={_KNN['temperature']:g})", ("knn",)),
+                ("Logistic regression on frozen features (L-BFGS, standardised features, no "
+                 "augmentation; SimCLR's transfer evaluation)", ("logreg",)),
                 ("Linear probe (frozen backbone, 100% labels)", ("linear",)),
                 ("Semi-supervised fine-tuning (1% and 10% labels)", ("semi1", "semi10"))]
     parts = ["# Results", "",
@@ -372,7 +374,7 @@ def render_readme(runs: pd.DataFrame) -> str:
 
 # ----------------------------------------------------------------------------- plot
 
-_MARKERS = {"knn": "D", "linear": "o", "semi1": "s", "semi10": "^"}
+_MARKERS = {"knn": "D", "logreg": "P", "linear": "o", "semi1": "s", "semi10": "^"}
 _FILL = {"pretrained": "full", "supervised": "left", "external": "top", "random": "none",
          "pixels": "bottom"}
 

@@ -1,0 +1,132 @@
+"""The logistic-regression protocol: a linear classifier fitted by L-BFGS on frozen features
+extracted once, without augmentation.
+
+SimCLR's linear evaluation for transfer (Chen et al. 2020, arXiv 2002.05709, appendix B.8):
+an L2-regularised multinomial logistic regression on the frozen network's features of
+centre crops, fitted with L-BFGS, no data augmentation. It costs one frozen pass over the
+images (the kNN protocol's pass) instead of the linear probe's epochs of augmented
+forwards, which is what makes it fit the CPU demo. Features are standardised with the
+train split's mean and std first, so that the result does not depend on the scale of a
+backbone's features: a random-init network's small, correlated features are not handicapped
+against a pretrained network's (the SGD probe, whose learning rate is fixed, is scale
+dependent). The objective is mean cross-entropy + ``weight_decay / 2 * ||W||^2``.
+Backbones: a weights file, ``random``, or ``pixels`` (the floor).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ffcv_bt.config import Recipe
+from ffcv_bt.data.manifest import Manifest
+from ffcv_bt.distributed.process_group import DistInfo
+from ffcv_bt.evaluation.backbone_weights import sha256_of
+from ffcv_bt.evaluation.knn import PIXELS, frozen_backbone, split_features
+from ffcv_bt.stage.clock import StageClock
+from ffcv_bt.stage.mixed_precision import true_fp32
+from ffcv_bt.stage.provenance import device_description
+from ffcv_bt.stage.skeleton import run_stage
+
+CLASSIFIER_FILE = "classifier.pt"
+
+
+def feature_moments(train: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and std of the train split (std 1 for constant features, which then
+    stay at zero), for standardising every split."""
+    std = train.std(dim=0)
+    return train.mean(dim=0), torch.where(std > 1e-8, std, torch.ones_like(std))
+
+
+def fit_logistic_regression(features: Tensor, labels: Tensor, num_classes: int,
+                            weight_decay: float, iterations: int) -> tuple[Tensor, Tensor, float]:
+    """Weights (C, D), bias (C,) and final objective of mean cross-entropy + weight_decay / 2
+    * ||W||^2 (the bias is not decayed), fitted by full-batch L-BFGS from zero.
+
+    Deterministic for fixed inputs (no sampling, zero start); computed in float32 with TF32
+    off on ``features``' device.
+    """
+    if features.ndim != 2 or labels.shape != (features.shape[0],):
+        raise ValueError(f"need (N, D) features and (N,) labels, got {tuple(features.shape)} "
+                         f"and {tuple(labels.shape)}")
+    x = features.float()
+    y = labels.to(x.device, torch.int64)
+    weight = torch.zeros(num_classes, x.shape[1], device=x.device, requires_grad=True)
+    bias = torch.zeros(num_classes, device=x.device, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=iterations, history_size=20,
+                                  tolerance_grad=1e-6, tolerance_change=1e-9,
+                                  line_search_fn="strong_wolfe")
+
+    def objective() -> Tensor:
+        with true_fp32():
+            return F.cross_entropy(x @ weight.T + bias, y) + 0.5 * weight_decay * weight.pow(2).sum()
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = objective()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        final = float(objective())
+    return weight.detach(), bias.detach(), final
+
+
+def top_k_accuracy(scores: Tensor, labels: Tensor) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (percent); ties rank by class index."""
+    ranking = scores.sort(dim=1, descending=True, stable=True).indices[:, :min(5, scores.shape[1])]
+    hits = ranking.eq(labels.to(ranking.device, torch.int64)[:, None])
+    n = scores.shape[0]
+    return (100.0 * float(hits[:, :1].any(dim=1).sum()) / n,
+            100.0 * float(hits.any(dim=1).sum()) / n)
+
+
+def evaluate_logreg(recipe: Recipe, weights: str, out_dir: str | Path,
+                    dist: DistInfo) -> dict[str, Any]:
+    """Run (or skip, if finished) the logistic-regression protocol on ``weights`` (a path,
+    ``random`` or ``pixels``); write and return result.json."""
+    return run_stage(out_dir, lambda: _logreg_stage(recipe, weights, Path(out_dir), dist), dist)
+
+
+def _logreg_stage(recipe: Recipe, weights: str, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = recipe.logreg
+    data_dir = Path(recipe.data.dir)
+    manifest = Manifest.read(data_dir)
+    backbone = frozen_backbone(recipe, weights, dist)
+    clock = StageClock(dist.device, dist.world_size)
+    clock.start()
+    train_x, train_y = split_features(recipe, settings, backbone, data_dir, "train",
+                                      manifest.num_images("train"), dist)
+    val_x, val_y = split_features(recipe, settings, backbone, data_dir, "val",
+                                  manifest.num_images("val"), dist)
+    compute_on = dist.device if dist.device.type == "cuda" else torch.device("cpu")
+    mean, std = feature_moments(train_x.to(compute_on))
+    train_x, val_x = (train_x.to(compute_on) - mean) / std, (val_x.to(compute_on) - mean) / std
+    classes = len(manifest.classes)
+    weight, bias, objective = fit_logistic_regression(
+        train_x, train_y, classes, settings["weight_decay"], settings["iterations"])
+    with true_fp32():
+        top1, top5 = top_k_accuracy(val_x @ weight.T + bias, val_y)
+        train_top1, _ = top_k_accuracy(train_x @ weight.T + bias, train_y)
+    clock.stop()
+    if dist.is_main:  # the fitted classifier, for inspection: logits = ((x - mean) / std) @ W.T + b
+        torch.save({"weight": weight.cpu(), "bias": bias.cpu(), "mean": mean.cpu(),
+                    "std": std.cpu()}, out_dir / CLASSIFIER_FILE)
+    kind = weights if weights in ("random", PIXELS) else "pretrained"
+    return {
+        "protocol": "logreg", "backbone": kind, "top1": top1, "top5": top5,
+        "best_top1": top1, "best_epoch": 0, "train_top1": train_top1, "objective": objective,
+        "device_seconds": clock.seconds, "device_hours": clock.device_hours,
+        "checkpoint": weights,
+        "checkpoint_sha256": None if kind != "pretrained" else sha256_of(weights),
+        "settings": {**settings, "train_images": int(train_x.shape[0]),
+                     "val_images": int(val_x.shape[0]), "feature_dim": int(train_x.shape[1])},
+        "protocol_file": recipe.protocol_file, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **device_description(dist.device),
+    }

@@ -1,0 +1,105 @@
+"""The logistic-regression protocol: the fit reaches the optimum of its stated objective
+(checked by the gradient, computed independently in numpy float64), it does not depend on
+the scale of the features, and the stage on real images fits the standardised pixels of the
+source image files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from recipes import write_tiny_recipe
+
+from ffcv_bt.config import load_recipe
+from ffcv_bt.distributed.process_group import DistInfo
+from ffcv_bt.evaluation.logreg import CLASSIFIER_FILE, evaluate_logreg, feature_moments, fit_logistic_regression
+
+MEAN = np.array([0.485, 0.456, 0.406]) * 255
+STD = np.array([0.229, 0.224, 0.225]) * 255
+
+
+def _objective_gradient(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray,
+                        weight_decay: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient of mean cross-entropy + weight_decay / 2 ||W||^2, by hand."""
+    logits = x @ w.T + b
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(y)), y] -= 1.0
+    p /= len(y)
+    return p.T @ x + weight_decay * w, p.sum(axis=0)
+
+
+def _blobs(seed: int, n: int = 300, d: int = 12, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 1.5, (classes, d))
+    y = rng.integers(0, classes, n)
+    return centres[y] + rng.normal(0, 1.0, (n, d)), y
+
+
+@pytest.mark.parametrize("weight_decay", [1e-2, 1e-4])
+def test_fit_reaches_the_optimum_of_the_stated_objective(weight_decay: float) -> None:
+    x, y = _blobs(0)
+    w, b, objective = fit_logistic_regression(torch.tensor(x, dtype=torch.float32),
+                                              torch.tensor(y), 4, weight_decay, 500)
+    w64, b64 = w.double().numpy(), b.double().numpy()
+    grad_w, grad_b = _objective_gradient(x, y, w64, b64, weight_decay)
+    assert np.abs(grad_w).max() < 2e-4 and np.abs(grad_b).max() < 2e-4
+    logits = x @ w64.T + b64
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    want = -logp[np.arange(len(y)), y].mean() + 0.5 * weight_decay * (w64 ** 2).sum()
+    assert objective == pytest.approx(want, rel=1e-4)
+    assert objective < np.log(4)  # far below the zero start's log(C)
+
+
+def test_standardised_fit_does_not_depend_on_feature_scale() -> None:
+    x, y = _blobs(1)
+    predictions = []
+    for scale, shift in ((1.0, 0.0), (1e-3, 5.0), (300.0, -2.0)):
+        features = torch.tensor(x * scale + shift, dtype=torch.float32)
+        mean, std = feature_moments(features)
+        standard = (features - mean) / std
+        w, b, _ = fit_logistic_regression(standard, torch.tensor(y), 4, 1e-4, 500)
+        predictions.append((standard @ w.T + b).argmax(1))
+    assert torch.equal(predictions[0], predictions[1]) and torch.equal(predictions[0], predictions[2])
+
+
+def _pixels(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    features, labels = [], []
+    for label, class_dir in enumerate(sorted(p for p in folder.iterdir() if p.is_dir())):
+        for path in sorted(class_dir.iterdir()):
+            rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
+            features.append(((rgb - MEAN) / STD).transpose(2, 0, 1).ravel())
+            labels.append(label)
+    return np.stack(features), np.array(labels)
+
+
+@pytest.mark.timeout(300)
+def test_pixel_stage_fits_the_standardised_source_pixels(tiny_dataset: Path, tmp_path: Path) -> None:
+    # 28 px centre crop of a 28 px image: the loader's features are the stored pixels.
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_dataset),
+                         {"logreg.res": "28", "logreg.resize": "28", "logreg.weight_decay": "0.01",
+                          "logreg.iterations": "300"})
+    result = evaluate_logreg(recipe, "pixels", tmp_path / "logreg-pixels", DistInfo())
+    saved = torch.load(tmp_path / "logreg-pixels" / CLASSIFIER_FILE)
+
+    train_x, train_y = _pixels(tiny_dataset / "images" / "train")
+    val_x, val_y = _pixels(tiny_dataset / "images" / "val")
+    mean = train_x.mean(0)
+    std = train_x.std(0, ddof=1)
+    std[std <= 1e-8] = 1.0
+    np.testing.assert_allclose(saved["mean"].numpy(), mean, atol=1e-4)
+    np.testing.assert_allclose(saved["std"].numpy(), std, rtol=1e-4, atol=1e-5)
+    train_s, val_s = (train_x - mean) / std, (val_x - mean) / std
+    w, b = saved["weight"].double().numpy(), saved["bias"].double().numpy()
+    grad_w, grad_b = _objective_gradient(train_s, train_y, w, b, 0.01)
+    assert np.abs(grad_w).max() < 1e-3 and np.abs(grad_b).max() < 1e-3  # the optimum on these pixels
+    want = 100.0 * float(((val_s @ w.T + b).argmax(1) == val_y).mean())
+    assert result["top1"] == pytest.approx(want, abs=1e-9)
+    assert 30 < result["top1"] <= 100 and result["top5"] >= result["top1"]
+    on_disk = json.loads((tmp_path / "logreg-pixels" / "result.json").read_text())
+    assert on_disk["protocol"] == "logreg" and on_disk["backbone"] == "pixels"
+    assert on_disk["settings"]["feature_dim"] == 3 * 28 * 28 and on_disk["settings"]["train_images"] == 200
