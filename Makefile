@@ -80,7 +80,7 @@ apt:
 # The self-contained ffcv wheel (install/build_ffcv_wheel.py; Debian packages fetched with
 # apt-get download, no root): wheelhouse/ffcv-1.0.2-cp310-abi3-manylinux_2_*.whl.
 ffcv-wheel: $(WHEEL_STAMP)
-$(WHEEL_STAMP): install/build_ffcv_wheel.py install/patch_ffcv.py
+$(WHEEL_STAMP): install/build_ffcv_wheel.py install/patch_ffcv.py $(if $(wildcard wheelhouse/ffcv-1.0.2-*.whl),,FORCE)
 	nice -n 10 $(PY) install/build_ffcv_wheel.py --out wheelhouse --work build/ffcv-wheel
 	touch $(WHEEL_STAMP)
 ffcv-sdist: apt
@@ -102,3 +102,5 @@ $(STAMP): requirements.txt pyproject.toml install/patch_ffcv.py | apt ffcv-$(FFC
 
 clean-venv:
 	rm -rf $(VENV)
+
+FORCE:
