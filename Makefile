@@ -16,7 +16,7 @@ STAMP     := $(VENV)/.installed
 DEMO_OUT  ?= data/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: test demo test-all lint frontier apt venv results clean-venv gpu-check ffcv-wheel ffcv-sdist offline-bundle
+.PHONY: test demo test-all lint frontier apt venv results clean-venv gpu-check ffcv-wheel offline-bundle
 
 # Two pytest workers (pytest-xdist; one module per worker at a time, so module fixtures run
 # once); modules marked own_process run in a child pytest (tests/own_process.py).
@@ -83,7 +83,6 @@ ffcv-wheel: $(WHEEL_STAMP)
 $(WHEEL_STAMP): install/build_ffcv_wheel.py install/patch_ffcv.py $(if $(wildcard wheelhouse/ffcv-1.0.2-*.whl),,FORCE)
 	nice -n 10 $(PY) install/build_ffcv_wheel.py --out wheelhouse --work build/ffcv-wheel
 	touch $(WHEEL_STAMP)
-ffcv-sdist: apt
 
 # offline/: the wheel unpacked plus ffcv's pure-Python requirements, as files for PYTHONPATH
 # on a node without network (bench/gpu_node.sh uses it). install/offline_bundle.py.
@@ -91,7 +90,8 @@ offline-bundle: $(WHEEL_STAMP)
 	$(PY) install/offline_bundle.py --out offline wheelhouse/ffcv-1.0.2-*.whl
 
 # The stamp depends on the requirements and project files: edit them and the next call reinstalls.
-$(STAMP): requirements.txt pyproject.toml install/patch_ffcv.py | apt ffcv-$(FFCV_ROUTE)
+# With the wheel route the wheel is a prerequisite too: a rebuilt wheel is reinstalled.
+$(STAMP): requirements.txt pyproject.toml install/patch_ffcv.py $(if $(filter wheel,$(FFCV_ROUTE)),$(WHEEL_STAMP)) | apt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install --quiet setuptools==84.2.1 wheel
 	$(if $(filter wheel,$(FFCV_ROUTE)),$(VPY) -m pip install --quiet --no-deps --force-reinstall wheelhouse/ffcv-1.0.2-*.whl)
