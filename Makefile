@@ -1,16 +1,22 @@
 # Two commands set everything up: `make demo` and `make test`.
-# Each creates .venv if missing, installs FFCV's apt packages if missing, installs the
-# pinned requirements, then does its job. A second call skips what is installed.
+# Each creates .venv if missing, installs ffcv (see FFCV_ROUTE), installs the pinned
+# requirements, then does its job. A second call skips what is installed.
 
 PY        ?= python3
 VENV      := .venv
 VPY       := $(VENV)/bin/python
-APT_PKGS  := pkg-config libopencv-dev libturbojpeg0-dev dataset-fashion-mnist
+FFCV_APT  := pkg-config libopencv-dev libturbojpeg0-dev
+DEMO_APT  := dataset-fashion-mnist
+# How ffcv is installed (install/ffcv_route.sh): "sdist" (pip builds it against FFCV_APT; as
+# root with those installed) or "wheel" (make ffcv-wheel: no root, no apt install).
+FFCV_ROUTE ?= $(shell sh install/ffcv_route.sh $(FFCV_APT))
+APT_PKGS  := $(if $(filter sdist,$(FFCV_ROUTE)),$(FFCV_APT)) $(DEMO_APT)
+WHEEL_STAMP := wheelhouse/.ffcv-1.0.2
 STAMP     := $(VENV)/.installed
 DEMO_OUT  ?= data/fashion-mnist
 PYTEST_ARGS ?=
 
-.PHONY: test demo test-all lint frontier apt venv results clean-venv gpu-check
+.PHONY: test demo test-all lint frontier apt venv results clean-venv gpu-check ffcv-wheel offline-bundle
 
 # Two pytest workers (pytest-xdist; one module per worker at a time, so module fixtures run
 # once); modules marked own_process run in a child pytest (tests/own_process.py).
@@ -28,9 +34,12 @@ lint: $(STAMP)
 # The demo data: 1,000 train and 200 val real Fashion-MNIST images per class (converted once).
 DEMO_FLAGS ?= --demo-train-per-class 1000 --demo-val-per-class 200
 
+# The Fashion-MNIST files: the installed Debian package's, else fetched without root.
+DEMO_DATA = --demo-source "$$(sh install/fashion_mnist_dir.sh)"
+
 demo: $(STAMP)
 	test -f $(DEMO_OUT)/manifest.json || \
-	  $(VPY) write_dataset.py --demo fashion-mnist --out-dir $(DEMO_OUT) $(DEMO_FLAGS) --num-workers 2
+	  $(VPY) write_dataset.py --demo fashion-mnist $(DEMO_DATA) --out-dir $(DEMO_OUT) $(DEMO_FLAGS) --num-workers 2
 	$(VPY) run.py --config rules/demo.yaml
 
 # Measure this machine's GPU (~5-8 min, no data needed): writes results/devices/<gpu>.json,
@@ -44,7 +53,7 @@ gpu-check:
 # The demo's cost-accuracy frontier (rules/sweeps/demo-frontier.yaml; ~2 h on 2 cores).
 frontier: $(STAMP)
 	test -f $(DEMO_OUT)/manifest.json || \
-	  $(VPY) write_dataset.py --demo fashion-mnist --out-dir $(DEMO_OUT) $(DEMO_FLAGS) --num-workers 2
+	  $(VPY) write_dataset.py --demo fashion-mnist $(DEMO_DATA) --out-dir $(DEMO_OUT) $(DEMO_FLAGS) --num-workers 2
 	$(VPY) run.py --sweep rules/sweeps/demo-frontier.yaml
 	$(VPY) -m ffcv_bt.reporting.frontier
 
@@ -60,16 +69,32 @@ apt:
 	    echo "installing apt packages:$$missing"; \
 	    (apt-get install -y --no-install-recommends $$missing || \
 	     (apt-get update && apt-get install -y --no-install-recommends $$missing)); \
-	  else \
+	  elif [ "$(FFCV_ROUTE)" = sdist ]; then \
 	    echo "missing system packages. Run as root:"; \
 	    echo "  sudo apt-get install -y --no-install-recommends$$missing"; exit 1; \
+	  else \
+	    echo "not installed (no root):$$missing. Tests that need it skip; make demo fetches it."; \
 	  fi; \
 	fi
 
+# The self-contained ffcv wheel (install/build_ffcv_wheel.py; Debian packages fetched with
+# apt-get download, no root): wheelhouse/ffcv-1.0.2-cp310-abi3-manylinux_2_*.whl.
+ffcv-wheel: $(WHEEL_STAMP)
+$(WHEEL_STAMP): install/build_ffcv_wheel.py install/patch_ffcv.py $(if $(wildcard wheelhouse/ffcv-1.0.2-*.whl),,FORCE)
+	nice -n 10 $(PY) install/build_ffcv_wheel.py --out wheelhouse --work build/ffcv-wheel
+	touch $(WHEEL_STAMP)
+
+# offline/: the wheel unpacked plus ffcv's pure-Python requirements, as files for PYTHONPATH
+# on a node without network (bench/gpu_node.sh uses it). install/offline_bundle.py.
+offline-bundle: $(WHEEL_STAMP)
+	$(PY) install/offline_bundle.py --out offline wheelhouse/ffcv-1.0.2-*.whl
+
 # The stamp depends on the requirements and project files: edit them and the next call reinstalls.
-$(STAMP): requirements.txt pyproject.toml install/patch_ffcv.py | apt
+# With the wheel route the wheel is a prerequisite too: a rebuilt wheel is reinstalled.
+$(STAMP): requirements.txt pyproject.toml install/patch_ffcv.py $(if $(filter wheel,$(FFCV_ROUTE)),$(WHEEL_STAMP)) | apt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install --quiet setuptools==84.2.1 wheel
+	$(if $(filter wheel,$(FFCV_ROUTE)),$(VPY) -m pip install --quiet --no-deps --force-reinstall wheelhouse/ffcv-1.0.2-*.whl)
 	$(VPY) -m pip install --quiet --no-build-isolation -r requirements.txt
 	$(VPY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	$(VPY) install/patch_ffcv.py
@@ -77,3 +102,5 @@ $(STAMP): requirements.txt pyproject.toml install/patch_ffcv.py | apt
 
 clean-venv:
 	rm -rf $(VENV)
+
+FORCE:

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="demo train images per class (default: all 6000)")
     add("--demo-val-per-class", type=int, default=None,
         help="demo val images per class (default: all 1000)")
+    add("--demo-source", type=Path, default=None,
+        help="folder of Fashion-MNIST's idx files (default: the Debian package's, "
+             "/usr/share/datasets/fashion-mnist)")
     return parser
 
 
@@ -80,18 +83,18 @@ def main(argv: list[str]) -> int:
     percents = [percent for percent, _ in args.subset_file]
     if len(percents) != len(set(percents)):
         parser.error(f"--subset-file given twice for the same percent: {sorted(percents)}")
-    if args.demo is None and (args.demo_train_per_class or args.demo_val_per_class):
-        parser.error("--demo-train-per-class and --demo-val-per-class need --demo")
+    if args.demo is None and (args.demo_train_per_class or args.demo_val_per_class or args.demo_source):
+        parser.error("--demo-train-per-class, --demo-val-per-class and --demo-source need --demo")
     data_dir = args.data_dir
     classes = None if args.classes is None else read_class_list(args.classes)
     classes_source = None
     if args.classes is not None:
         classes_source = IMAGENET100 if args.classes == IMAGENET100 else str(Path(args.classes).resolve())
     if args.demo == "fashion-mnist":
-        from ffcv_bt.data.fashion_mnist import materialise_fashion_mnist
+        from ffcv_bt.data.fashion_mnist import FASHION_MNIST_DIR, materialise_fashion_mnist
 
         data_dir = materialise_fashion_mnist(args.out_dir, args.demo_train_per_class,
-                                             args.demo_val_per_class)
+                                             args.demo_val_per_class, args.demo_source or FASHION_MNIST_DIR)
     manifest = write_dataset(
         data_dir, args.out_dir, write_mode=args.write_mode, max_resolution=args.max_resolution,
         compress_probability=args.compress_probability, jpeg_quality=args.jpeg_quality,

@@ -2,8 +2,8 @@
 # One command on a GPU node, in the Python environment that is already there (nothing is
 # downloaded): runs the GPU check under a wall-clock cap, most valuable phases first (the
 # bf16 step at 224, 192, 160 px, the checkpoint, the frozen forward; the loader phases only
-# where ffcv imports). The device file in OUTDIR is rewritten after every phase and marked
-# partial until the last, so a run cut short still leaves its numbers.
+# where ffcv imports, from offline/ when present). The device file in OUTDIR is rewritten
+# after every phase and marked partial until the last, so a run cut short still leaves its numbers.
 #
 #   bash bench/gpu_node.sh OUTDIR [--minutes M] [gpu_check arguments ...]
 #   PYTHON=/opt/torch/.venv/bin/python3 bash bench/gpu_node.sh out --minutes 9
@@ -17,9 +17,13 @@ PY="${PYTHON:-python3}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 cd "$REPO"
-if [ -d offline ] && [ -f offline/install_offline.sh ]; then
-  echo "installing the offline bundle into $OUT/prefix"
-  bash offline/install_offline.sh "$OUT/prefix" || echo "offline bundle failed: loader phases will be skipped"
+# offline/ (make offline-bundle: ffcv and its pure-Python requirements as files) goes on
+# PYTHONPATH after any entries already there, ahead of site-packages. FFCV_BT_OFFLINE names another.
+OFFLINE="${FFCV_BT_OFFLINE:-$REPO/offline}"
+if [ -d "$OFFLINE/ffcv" ]; then
+  OFFLINE="$(cd "$OFFLINE" && pwd)"
+  export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$OFFLINE"
+  echo "offline bundle on PYTHONPATH: $OFFLINE"
 fi
 echo "python: $("$PY" -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "CUDA", torch.version.cuda)')"
 # the check and its torchrun workers in one process group: the cap kills all of them

@@ -34,3 +34,22 @@ def test_installed_ffcv_has_the_same_modes() -> None:
     from ffcv.fields import rgb_image
 
     assert (rgb_image.IMAGE_MODES["jpg"], rgb_image.IMAGE_MODES["raw"]) == (0, 1)
+
+
+def test_graph_patch_drops_distutils(tmp_path: Path) -> None:
+    """graph.py's unused ``from distutils.log import warn`` (no distutils in Python 3.12)
+    becomes ``from warnings import warn``; patch_package patches both files."""
+    package = tmp_path / "ffcv"
+    (package / "pipeline").mkdir(parents=True)
+    (package / "fields").mkdir()
+    graph = "from distutils.log import warn\nimport warnings\nimport ast\n"
+    (package / "pipeline" / "graph.py").write_text(graph)
+    (package / "fields" / "rgb_image.py").write_text(AROUND.format(patch_ffcv.ORIGINAL))
+    lines = patch_ffcv.patch_package(package)
+    assert "distutils" in lines[1] and "plain dict" in lines[0], lines
+    patched = (package / "pipeline" / "graph.py").read_text()
+    assert "distutils" not in patched.split("#")[0] and patched.endswith("import warnings\nimport ast\n")
+    namespace: dict = {}
+    exec(patched, namespace)
+    assert namespace["warn"] is __import__("warnings").warn
+    assert all("already patched" in line for line in patch_ffcv.patch_package(package))

@@ -382,6 +382,28 @@ def test_read_idx_parses_header_and_data(tmp_path):
         read_idx(short)
 
 
+def test_demo_source_is_where_the_demo_reads_the_idx_files(tmp_path, monkeypatch):
+    """--demo-source (make demo without root: the Debian package fetched, not installed)
+    reaches materialise_fashion_mnist; it needs --demo like the other demo options."""
+    import write_dataset as cli
+    from ffcv_bt.data import fashion_mnist
+
+    seen = []
+
+    def fake(out_dir, train_per_class, val_per_class, source_dir):
+        seen.append(Path(source_dir))
+        raise DataError("stop here")
+
+    monkeypatch.setattr(fashion_mnist, "materialise_fashion_mnist", fake)
+    base = ["--demo", "fashion-mnist", "--out-dir", str(tmp_path / "out")]
+    for extra, expected in (([], FASHION_MNIST_DIR), (["--demo-source", str(tmp_path)], tmp_path)):
+        with pytest.raises(DataError, match="stop here"):
+            cli.main(base + extra)
+        assert seen.pop() == expected
+    with pytest.raises(SystemExit):
+        cli.main(["--data-dir", str(tmp_path), "--out-dir", str(tmp_path / "o"), "--demo-source", str(tmp_path)])
+
+
 needs_fashion_mnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
                                          reason=f"{FASHION_MNIST_DIR} missing (dataset-fashion-mnist)")
 
