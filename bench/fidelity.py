@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from bench.synthetic_images import write_photo_like_pngs
 from ffcv_bt.augment.blur import gaussian_blur
 from ffcv_bt.augment.color_jitter import (
     BRIGHTNESS,
@@ -47,42 +48,6 @@ from ffcv_bt.augment.solarize import solarize
 CROP_BOX = (0.1, 0.15, 0.6, 0.7)  # top, left, height, width as fractions of the image
 CROP_SIZE = 224
 NO_TARGET = ("resize",)  # reported, not part of the worst-case line
-
-
-# ----- test images -----------------------------------------------------------------------------
-def photo_like(rng: np.random.Generator, height: int = 256, width: int = 340) -> np.ndarray:
-    """A uint8 (H, W, 3) image: smooth colour gradients, texture noise, hard-edged shapes and
-    saturated patches, so that every op sees flat areas, edges, and clipped values."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    y, x = y / height, x / width
-    image = np.zeros((height, width, 3))
-    for c in range(3):
-        a, b, phase = rng.uniform(-4, 4), rng.uniform(-4, 4), rng.uniform(0, 2 * math.pi)
-        image[..., c] = 128 + 110 * np.sin(a * x + b * y + phase)
-    for _ in range(int(rng.integers(3, 8))):  # rectangles and disks with sharp edges
-        colour = rng.uniform(0, 255, size=3)
-        if rng.random() < 0.5:
-            top, left = rng.uniform(0, 0.8, size=2)
-            mask = ((y >= top) & (y < top + rng.uniform(0.05, 0.4))
-                    & (x >= left) & (x < left + rng.uniform(0.05, 0.4)))
-        else:
-            cy, cx, radius = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.03, 0.25)
-            mask = (y - cy) ** 2 + (x - cx) ** 2 < radius ** 2
-        image[mask] = colour
-    image += rng.normal(0, rng.uniform(2, 15), size=image.shape)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
-
-
-def generate_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """Write ``count`` photo-like PNGs (lossless) of about 256 x 340 into ``folder``."""
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        path = folder / f"test-{i:03d}.png"
-        size = (int(rng.integers(224, 289)), int(rng.integers(300, 381)))
-        Image.fromarray(photo_like(rng, *size)).save(path)
-        paths.append(path)
-    return paths
 
 
 def load_images(folder: Path, limit: int) -> list[np.ndarray]:
@@ -220,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="fidelity-") as folder:
             images = [np.asarray(Image.open(p).convert("RGB"))
-                      for p in generate_images(Path(folder), args.n)]
+                      for p in write_photo_like_pngs(Path(folder), args.n)]
         source = "generated photo-like images"
     print(f"fidelity of our kernels vs the reference's PIL path: {len(images)} {source}")
     results = fidelity(images)

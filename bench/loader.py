@@ -34,45 +34,20 @@ import random
 import statistics
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 from tqdm import tqdm
+
+from bench.synthetic_images import smooth_photo_folder
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "data" / "bench-cache"
 
 
 # ----- the images --------------------------------------------------------------------------------
-def synthetic_photo(rng: np.random.Generator) -> np.ndarray:
-    """A smooth random colour field plus texture noise, about 256 x 340 (photo-like JPEG size)."""
-    import cv2
-
-    height = int(rng.integers(224, 289))
-    width = int(rng.integers(300, 381))
-    coarse = rng.uniform(0, 255, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3))
-    field = cv2.resize(coarse.astype(np.float32), (width, height), interpolation=cv2.INTER_CUBIC)
-    detail = cv2.resize(rng.normal(0, 25, size=(height // 4, width // 4, 3)).astype(np.float32),
-                        (width, height), interpolation=cv2.INTER_LINEAR)
-    image = field + detail + rng.normal(0, 6, size=field.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def synthetic_folder(cache: Path, num_images: int, classes: int = 10) -> Path:
-    """``cache/synthetic-N/<class>/<i>.jpg``, generated once (quality 90)."""
-    folder = cache / f"synthetic-{num_images}"
-    done = folder / ".complete"
-    if done.exists():
-        return folder
-    rng = np.random.default_rng(0)
-    for i in tqdm(range(num_images), desc="generating synthetic JPEGs", unit="img"):
-        path = folder / f"class{i % classes:02d}" / f"{i:05d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(synthetic_photo(rng)).save(path, quality=90)
-    done.touch()
-    return folder
-
-
 def folder_samples(folder: Path, limit: int | None) -> list:
     from ffcv_bt.data.image_folder import list_classes, scan_split
 
@@ -199,6 +174,87 @@ def device_ms_per_pair(loader, device: str, repeats: int = 3) -> float:
     return 1000 * (time.perf_counter() - start) / pairs
 
 
+# ----- the GPU check's loader phase (bench.gpu_check c) ---------------------------------------
+def loader_benchmark(loader: Any, resolutions: list[int], min_seconds: float) -> dict[str, float]:
+    """Pairs/s of the FFCV two-view loader (uint8 pairs, no device work) per resolution:
+    one untimed pass after each resolution change, then passes until ``min_seconds``."""
+    rates = {}
+    for res in resolutions:
+        loader.set_resolution(res)
+        for _ in loader.ffcv_loader:
+            pass
+        pairs, seconds, passes = 0, 0.0, 0
+        while passes == 0 or (seconds < min_seconds and passes < 20):
+            start = time.perf_counter()
+            for batch in loader.ffcv_loader:
+                pairs += batch[0].shape[0]
+            seconds += time.perf_counter() - start
+            passes += 1
+        rates[res] = pairs / seconds
+        print(f"  loader {res:>4} px: {rates[res]:,.0f} pairs/s with {loader_workers(loader)} "
+              f"cores", flush=True)
+    return rates
+
+
+def device_augment_check(beton: Path, device: torch.device, resolutions: list[int],
+                         batch: int, workers: int, min_seconds: float) -> dict[str, Any]:
+    """``aug.device: gpu`` on this machine: its views against the numba path's (levels), the
+    workers' pairs/s and the device-side ops' milliseconds per pair at each resolution."""
+    import torch
+
+    from ffcv_bt.augment.device_augment import augment_views
+    from ffcv_bt.config import RULES_DIR, load_recipe
+    from ffcv_bt.data.normalize import IMAGENET_STD
+    from ffcv_bt.data.pretrain_loader import AugmentationParams, make_pretrain_loader
+    from ffcv_bt.stage.clock import sync_device
+
+    aug = AugmentationParams.from_config(load_recipe(RULES_DIR / "base.yaml").aug)
+    common = dict(batch_size_per_rank=batch, num_workers=workers, aug=aug,
+                  res=resolutions[0], seed=0, device=device, order="sequential")
+    numba_path = make_pretrain_loader(beton, augment_on="cpu", **common)
+    device_path = make_pretrain_loader(beton, augment_on="gpu", **common)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    worst, compared = 0.0, 0
+    for numba_batch, device_batch in zip(numba_path, device_path):
+        for a, b in zip(numba_batch, device_batch):
+            worst = max(worst, float(((a - b).abs() * std * 255).max()))
+        compared += 1
+        if compared == 3:
+            break
+    record: dict[str, Any] = {"max_level_difference_to_numba_path": worst,
+                              "ok": worst <= 1.0, "workers_pairs_per_s": {}, "device_ms_per_pair": {}}
+    for res in resolutions:
+        device_path.set_resolution(res)
+        for _ in device_path.ffcv_loader:  # untimed: reallocation after the change
+            pass
+        pairs, seconds, device_seconds = 0, 0.0, 0.0
+        while pairs == 0 or seconds < min_seconds:
+            start = time.perf_counter()
+            for images, params in device_path.ffcv_loader:
+                pairs += images.shape[0]
+                seconds += time.perf_counter() - start
+                on_device = images.to(device)
+                sync_device(device)
+                began = time.perf_counter()
+                for v in range(2):
+                    augment_views(on_device[:, v], params[:, v], aug.solarize_threshold)
+                sync_device(device)
+                device_seconds += time.perf_counter() - began
+                start = time.perf_counter()
+        record["workers_pairs_per_s"][str(res)] = pairs / seconds
+        record["device_ms_per_pair"][str(res)] = 1000 * device_seconds / pairs
+        print(f"  aug.device gpu {res:>4} px: workers {pairs / seconds:,.0f} pairs/s, device ops "
+              f"{1000 * device_seconds / pairs:.3f} ms per pair", flush=True)
+    print(f"  aug.device gpu vs cpu: views at most {worst:g} levels apart "
+          f"({'ok' if record['ok'] else 'MISMATCH'})", flush=True)
+    return record
+
+
+def loader_workers(loader: Any) -> int:
+    """The FFCV worker threads of a two-view loader."""
+    return int(loader.ffcv_loader.num_workers)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="ImageFolder dir (<class>/<image>.jpg); "
@@ -215,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("need --epochs >= 1, --workers >= 1 and --images >= --batch-size")
     args.cache.mkdir(parents=True, exist_ok=True)
 
-    folder = args.data if args.data else synthetic_folder(args.cache, args.images)
+    folder = args.data if args.data else smooth_photo_folder(args.cache, args.images)
     if not folder.is_dir():
         raise SystemExit(f"--data {folder}: not a directory")
     samples = folder_samples(folder, args.images)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +88,17 @@ class Recipe:
         return copy.deepcopy(self._values)
 
     def with_overrides(self, overrides: dict[str, Any]) -> Recipe:
-        """The same recipe files loaded again with more ``section.key`` overrides (checked)."""
-        return load_recipe(self.files[-1], {**self.overrides, **overrides})
+        """The same recipe files loaded again with more ``section.key`` overrides (checked),
+        under the same name."""
+        return replace(load_recipe(self.files[-1], {**self.overrides, **overrides}), name=self.name)
+
+    def named(self, name: str) -> Recipe:
+        """The recipe under another name: its runs.csv ``recipe`` cell and default folder
+        (run.py --name, a sweep's <sweep>.<lever>)."""
+        if not name or any(c.isspace() or c in "/\\" for c in name) or name.endswith(".yaml"):
+            raise ConfigError(f"--name {name!r}: no spaces, slashes or .yaml (it names runs.csv "
+                              f"rows and run folders)")
+        return replace(self, name=name)
 
     @property
     def configuration(self) -> dict[str, dict[str, Any]]:

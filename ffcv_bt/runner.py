@@ -16,7 +16,6 @@ and a one-line input error should not pay.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -227,11 +226,13 @@ def find_resumable(runs_dir: Path, recipe: Recipe) -> Path | None:
     return None
 
 
-def choose_run_dir(args: argparse.Namespace, recipe: Recipe, several_seeds: bool) -> Path:
+def choose_run_dir(out: Path | None, results_dir: Path, recipe: Recipe, several_seeds: bool) -> Path:
+    """``out`` (its seed-<s> sub-folder with several seeds), else the newest unfinished run
+    of this configuration, else a new folder under ``results_dir``/runs."""
     seed = recipe.train.seed
-    if args.out:
-        return Path(args.out) / f"seed-{seed}" if several_seeds else Path(args.out)
-    runs_dir = Path(args.results_dir) / "runs"
+    if out:
+        return out / f"seed-{seed}" if several_seeds else out
+    runs_dir = results_dir / "runs"
     existing = find_resumable(runs_dir, recipe)
     if existing is not None:
         print(f"resuming unfinished run {existing}", file=sys.stderr)
@@ -253,25 +254,38 @@ def seed_summary(summaries: list[list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def check_run_name(name: str) -> None:
-    """A --name must be usable as a runs.csv recipe cell and a folder name."""
-    if not name or any(c.isspace() or c in "/\\" for c in name) or name.endswith(".yaml"):
-        raise ConfigError(f"--name {name!r}: no spaces, slashes or .yaml (it names runs.csv "
-                          f"rows and run folders)")
+def run_recipe(recipe: Recipe, out: Path | None, results_dir: Path) -> int:
+    """Run ``recipe`` once per seed (run.seeds) into ``out`` (one seed-<s> sub-folder each
+    with several seeds; without ``out`` a resumable or new folder under ``results_dir``/runs),
+    appending its rows to ``results_dir``/runs.csv. run.py and every sweep point end here."""
+    from ffcv_bt.preflight import check_run_inputs  # ffcv
+
+    check_run_inputs(recipe, out if out else results_dir / "runs", results_dir)
+    seeds = recipe.seeds
+    all_rows: list[list[dict]] = []
+    with process_group() as dist:
+        for seed in seeds:
+            seeded = recipe.with_overrides({"train.seed": str(seed)})
+            chosen = str(choose_run_dir(out, results_dir, seeded, len(seeds) > 1)) if dist.is_main else None
+            run_dir = Path(broadcast_object(chosen))  # type: ignore[arg-type]
+            summary, rows = run_stages(seeded, run_dir, results_dir, dist)
+            all_rows.append(rows)
+            if dist.is_main:
+                print(summary, flush=True)
+    if dist.is_main and len(seeds) > 1:
+        print(seed_summary(all_rows))
+    return 0
 
 
 def main(argv: list[str]) -> int:
     """``run.py``'s command line (see run.py): the recipe once per seed."""
     args, overrides = parse_args(argv)
     if args.sweep:
-        return run_sweep(args.sweep, args, overrides, main)
+        return run_sweep(args.sweep, args, overrides, run_recipe)
 
     def load(values: dict[str, str]) -> Recipe:
         recipe = load_recipe(args.config, values)
-        if args.name:
-            check_run_name(args.name)
-            recipe = dataclasses.replace(recipe, name=args.name)
-        return recipe
+        return recipe.named(args.name) if args.name else recipe
 
     recipe = load(overrides)
     if args.budget_hours is not None:
@@ -282,31 +296,15 @@ def main(argv: list[str]) -> int:
     if args.dry_run:
         print(describe_plan(recipe))
         return 0
+    out = Path(args.out) if args.out else None
     if args.slurm:
         from ffcv_bt.distributed.slurm import submit  # submitit
 
-        run_dir = Path(args.out) if args.out else choose_run_dir(args, recipe, False)
+        run_dir = out or choose_run_dir(None, Path(args.results_dir), recipe, False)
         job = submit(recipe, run_dir, argv, entry=main)
         print(f"submitted SLURM job {job.job_id}; run folder {run_dir}")
         return 0
-    from ffcv_bt.preflight import check_run_inputs  # ffcv
-
-    results_dir = Path(args.results_dir)
-    check_run_inputs(recipe, Path(args.out) if args.out else results_dir / "runs", results_dir)
-    seeds = recipe.seeds
-    all_rows: list[list[dict]] = []
-    with process_group() as dist:
-        for seed in seeds:
-            seeded = load({**overrides, "train.seed": str(seed)})
-            chosen = str(choose_run_dir(args, seeded, len(seeds) > 1)) if dist.is_main else None
-            run_dir = Path(broadcast_object(chosen))  # type: ignore[arg-type]
-            summary, rows = run_stages(seeded, run_dir, Path(args.results_dir), dist)
-            all_rows.append(rows)
-            if dist.is_main:
-                print(summary, flush=True)
-    if dist.is_main and len(seeds) > 1:
-        print(seed_summary(all_rows))
-    return 0
+    return run_recipe(recipe, out, Path(args.results_dir))
 
 
 def console() -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -48,6 +48,7 @@ class SweepPoint:
     lever: str
     epochs: int
     overrides: dict[str, str]
+    recipe: Recipe | None = field(default=None, compare=False, repr=False)  # loaded by load_sweep
 
     @property
     def folder(self) -> str:
@@ -122,10 +123,16 @@ def load_sweep(path: str | Path) -> Sweep:
             seen.add(p.lever)
             marked.append(SweepPoint(p.lever, p.epochs, {**p.overrides, "eval.control": str(first).lower()}))
         points = marked
-    sweep = Sweep(path.stem, recipe, seeds, str(spec.get("stages", "pretrain,knn,linear")), points)
-    for point in sweep.points:  # every point's recipe is valid before the first step
-        load_recipe(recipe, {**point.overrides, "run.stages": sweep.stages})
-    return sweep
+    stages = str(spec.get("stages", "pretrain,knn,linear"))
+    # every point's recipe is loaded (so checked) once, before the first step
+    points = [replace(p, recipe=_point_recipe(recipe, p.overrides, stages, seeds)) for p in points]
+    return Sweep(path.stem, recipe, seeds, stages, points)
+
+
+def _point_recipe(base: Path, overrides: dict[str, str], stages: str, seeds: list[int]) -> Recipe:
+    """A point's recipe as run.py --stages STAGES --seeds SEEDS --k=v... would load it."""
+    return load_recipe(base, {**overrides, "run.stages": stages,
+                              "run.seeds": ",".join(str(s) for s in seeds)})
 
 
 def stage_keys(recipe: Recipe) -> list[str]:
@@ -146,34 +153,32 @@ def point_finished(run_dir: Path, stages: list[str] | tuple[str, ...] = ()) -> b
 
 
 def run_sweep(path: str | Path, args: argparse.Namespace, overrides: dict[str, str],
-              run: Callable[[list[str]], int]) -> int:
-    """Run every point of the sweep through ``run`` (runner.main); ``overrides`` from the
-    command line apply to every point (and are part of its configuration)."""
+              run: Callable[[Recipe, Path, Path], int]) -> int:
+    """Run every point of the sweep through ``run(recipe, out, results_dir)``
+    (runner.run_recipe); ``overrides`` from the command line apply to every point (and are
+    part of its configuration)."""
     sweep = load_sweep(path)
     if args.dry_run:
         print(describe(sweep))
         return 0
-    for key, value in overrides.items():
-        if key in ("run.stages", "run.seeds"):
-            continue
+    extra = {k: v for k, v in overrides.items() if k not in ("run.stages", "run.seeds")}
+    for key, value in extra.items():
         load_recipe(sweep.recipe, {**sweep.points[0].overrides, key: value})
-    root = Path(args.results_dir) / "runs" / sweep.name
+    results_dir = Path(args.results_dir)
+    root = results_dir / "runs" / sweep.name
     seeds = ",".join(str(s) for s in sweep.seeds)
     for i, point in enumerate(sweep.points, 1):
         out = root / point.folder
-        keys = stage_keys(load_recipe(sweep.recipe, {**point.overrides, **overrides,
-                                                     "run.stages": sweep.stages}))
+        recipe = (_point_recipe(sweep.recipe, {**point.overrides, **extra}, sweep.stages, sweep.seeds)
+                  if extra else point.recipe)
+        keys = stage_keys(recipe)
         folders = [out / f"seed-{s}" for s in sweep.seeds] if len(sweep.seeds) > 1 else [out]
         label = f"[{i}/{len(sweep.points)}] {sweep.run_name(point)} {point.epochs} epochs"
         if all(point_finished(f, keys) for f in folders):
             print(f"{label}: finished, skipped", flush=True)
             continue
         print(f"{label}: running seeds {seeds} into {out}", flush=True)
-        argv = ["--config", str(sweep.recipe), "--name", sweep.run_name(point), "--out", str(out),
-                "--seeds", seeds, "--stages", sweep.stages, "--results-dir", args.results_dir]
-        argv += [f"--{k}={v}" for k, v in {**point.overrides, **overrides}.items()
-                 if k not in ("run.stages", "run.seeds")]
-        run(argv)
+        run(recipe.named(sweep.run_name(point)), out, results_dir)
     return 0
 
 

@@ -185,8 +185,9 @@ def test_frontier_shows_the_supervised_ceiling_per_point(tmp_path: Path) -> None
 def test_tables_keep_code_revisions_apart(tmp_path: Path) -> None:
     """Rows of one recipe from two code revisions (the old zero-init control and the fair
     one) are two configurations; a seed's "-dirty" suffix does not split a run's seeds."""
+    from ffcv_bt.reporting.aggregate import configurations
+    from ffcv_bt.reporting.markdown import render_readme
     from ffcv_bt.reporting.runs_csv import append_run_row, read_runs
-    from ffcv_bt.reporting.tables import configurations, render_readme
 
     csv = tmp_path / "runs.csv"
     for sha, values in (("aaaaaaa1111", [18.0, 19.0, 18.5]), ("bbbbbbb2222", [77.0, 78.0, 76.0])):

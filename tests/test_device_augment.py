@@ -17,7 +17,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision.transforms import _functional_pil as F_pil
 
-from bench.fidelity import photo_like
+from bench.synthetic_images import photo_like
 from ffcv_bt.augment import device_augment as dev
 from ffcv_bt.augment.view_params import BLUR, GRAY, JITTER, PARAMS_PER_VIEW, SOLARIZE
 from ffcv_bt.config import RULES_DIR, load_recipe

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import fidelity
+from bench import fidelity, synthetic_images
 
 pytestmark = pytest.mark.own_process  # calls numba kernels directly: tests/own_process.py
 
@@ -17,9 +17,9 @@ TARGETS = {"brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "hue": 0.5,
 @pytest.fixture(scope="module")
 def results() -> dict[str, tuple[float, int]]:
     rng = np.random.default_rng(5)
-    images = [fidelity.photo_like(rng, int(h), int(w))
+    images = [synthetic_images.photo_like(rng, int(h), int(w))
               for h, w in zip(rng.integers(60, 120, 4), rng.integers(70, 140, 4))]
-    images.append(fidelity.photo_like(rng, 7, 3))  # narrower than a blur box: all border
+    images.append(synthetic_images.photo_like(rng, 7, 3))  # narrower than a blur box: all border
     return fidelity.fidelity(images)
 
 
@@ -51,7 +51,7 @@ def test_loader_ops_equal_pil_with_their_own_draws():
 
     rng = np.random.default_rng(2)
     n = 120
-    batch = np.stack([np.stack([fidelity.photo_like(rng, 20, 26) for _ in range(2)])
+    batch = np.stack([np.stack([synthetic_images.photo_like(rng, 20, 26) for _ in range(2)])
                       for _ in range(n)])
     samples = np.arange(n, dtype=np.uint64) * 3
     parts = [F_pil.adjust_brightness, F_pil.adjust_contrast, F_pil.adjust_saturation,

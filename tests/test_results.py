@@ -1,4 +1,5 @@
-"""Tests for ffcv_bt.reporting.tables: tables aggregated over seeds, published rows, the plot."""
+"""Tests for ffcv_bt.reporting.tables (the CLI) and the aggregation, Markdown and plot it
+writes with: tables aggregated over seeds, published rows, the plot."""
 from __future__ import annotations
 
 import statistics
@@ -8,16 +9,11 @@ import pytest
 from PIL import Image
 from runs_rows import IMAGENET, make_row
 
+from ffcv_bt.reporting.aggregate import is_imagenet_1k
+from ffcv_bt.reporting.markdown import format_mean_std, format_significant, render_readme
 from ffcv_bt.reporting.published import PUBLISHED, published_for
 from ffcv_bt.reporting.runs_csv import append_run_row, read_runs
-from ffcv_bt.reporting.tables import (
-    format_mean_std,
-    format_significant,
-    generate,
-    is_imagenet_1k,
-    main,
-    render_readme,
-)
+from ffcv_bt.reporting.tables import generate, main
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = "cpu (Intel(R) Xeon(R) CPU @ 2.20GHz)"

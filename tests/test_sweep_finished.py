@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from recipes import write_tiny_recipe
 
+from ffcv_bt.config import Recipe
 from ffcv_bt.sweep import run_sweep
 
 SWEEP = """seeds: "{seeds}"
@@ -45,16 +46,16 @@ def _run_json(folder: Path, stages: list[str], finished: bool = True) -> None:
 
 
 def _sweep(path: Path, results: Path) -> list[str]:
-    """Run the sweep with a fake run; return the --out of every point it ran."""
-    calls: list[list[str]] = []
+    """Run the sweep with a fake run; return the out folder of every point it ran."""
+    calls: list[Path] = []
 
-    def run(argv: list[str]) -> int:
-        calls.append(argv)
+    def run(recipe: Recipe, out: Path, results_dir: Path) -> int:
+        calls.append(out)
         return 0
 
     args = argparse.Namespace(dry_run=False, results_dir=str(results), debug=False)
     assert run_sweep(path, args, {}, run) == 0
-    return [Path(argv[argv.index("--out") + 1]).name for argv in calls]
+    return [out.name for out in calls]
 
 
 def test_nothing_done_runs_every_point(sweep_file, tmp_path):

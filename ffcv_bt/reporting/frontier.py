@@ -10,12 +10,12 @@ configuration is on the Pareto frontier of accuracy vs compute.
 from __future__ import annotations
 
 import argparse
-import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from ffcv_bt.reporting.aggregate import Stat, code_revision
+from ffcv_bt.reporting.markdown import format_stat
 from ffcv_bt.reporting.runs_csv import read_runs
 
 PROTOCOLS = ("knn", "linear")
@@ -32,28 +32,12 @@ def pareto_front(costs: list[float], values: list[float]) -> list[bool]:
     return out
 
 
-@dataclass
-class Stat:
-    mean: float
-    std: float | None
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> "Stat":
-        return cls(statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None,
-                   len(values))
-
-    def __str__(self) -> str:
-        spread = f"{self.std:.2f}" if self.std is not None else "n/a"
-        return f"{self.mean:.2f} ± {spread} (n={self.n})"
-
-
 def _labelled(runs: pd.DataFrame, sweep: str) -> pd.DataFrame:
     """The sweep's rows with a ``label``: the lever, or "lever @ <commit>" where a lever has
-    rows from several code revisions (a lever re-run after a change is another configuration;
-    "-dirty" is dropped, as in the results tables)."""
+    rows from several code revisions (a lever re-run after a change is another configuration,
+    as in the results tables)."""
     rows = runs[runs["recipe"].str.startswith(f"{sweep}.")].copy()
-    revision = rows["git_sha"].fillna("").astype(str).str.replace("-dirty", "", regex=False).str[:7]
+    revision = rows["git_sha"].map(code_revision)
     lever = rows["recipe"].str.split(".", n=1).str[1]
     several = revision.groupby(lever).transform("nunique") > 1
     rows["label"] = lever.where(~several, lever + " @ " + revision)
@@ -131,12 +115,14 @@ def markdown(table: pd.DataFrame, floor: dict[tuple[str, str, str], Stat], sweep
                  if r.get(key)]
         return " ".join(marks)
 
+    def stat_cell(stat: Stat | None) -> str:
+        return format_stat(stat, missing="n/a") if stat else "—"
+
     for _, r in table.iterrows():
         cells = [r["lever"], str(r["epochs"]), f"{r['epoch_equivalents']:.2f}",
                  f"{r['compute_images'] / 1e6:.3f}", f"{r['pretrain_hours']:.4f}",
-                 str(r["knn"]) if r["knn"] else "—", str(r["linear"]) if r["linear"] else "—",
-                 flags(r, "knn"), flags(r, "linear"),
-                 str(r.get("supervised_knn") or "—"), str(r.get("supervised_linear") or "—")]
+                 stat_cell(r["knn"]), stat_cell(r["linear"]), flags(r, "knn"), flags(r, "linear"),
+                 stat_cell(r.get("supervised_knn")), stat_cell(r.get("supervised_linear"))]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Supervised ceiling: the same backbone trained with labels on the same images "
               "for the same epochs and resolutions (ffcv_bt/train/supervised.py), evaluated "
@@ -146,7 +132,7 @@ def markdown(table: pd.DataFrame, floor: dict[tuple[str, str, str], Stat], sweep
               "was the zero-init pretraining start, a near-constant network):", ""]
     for (lever, protocol, backbone), stat in sorted(floor.items()):
         label = "raw pixels (the floor)" if backbone == "pixels" else f"{backbone}-init backbone"
-        lines.append(f"- {lever}: {protocol}, {label}: {stat}")
+        lines.append(f"- {lever}: {protocol}, {label}: {format_stat(stat, missing='n/a')}")
     return "\n".join(lines) + "\n"
 
 
