@@ -8,6 +8,11 @@ to the bit, which fast-math (reassociation, contraction into fused multiply-adds
 with the flags left unset, the loader's colour-jittered views differed from the same
 kernels called directly by up to 6 levels. Every kernel therefore states both flags, so it
 compiles to the same code inside a pipeline and when called from Python.
+
+``cache=True``: numba keeps each kernel's machine code on disk (``__pycache__``, or
+``NUMBA_CACHE_DIR``), so a new process (every stage, test and rank builds loaders) loads
+it instead of compiling it again (`python -m bench.loader_startup` times a fresh process's
+first demo batch with the cache cold and warm, side by side).
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from typing import Callable, Optional
 
 from numba import njit
 
-KERNEL_OPTIONS = {"nogil": True, "fastmath": False, "error_model": "numpy"}
+KERNEL_OPTIONS = {"nogil": True, "fastmath": False, "error_model": "numpy", "cache": True}
 
 
 def kernel(function: Optional[Callable] = None, **options) -> Callable:
