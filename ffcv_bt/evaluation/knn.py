@@ -142,6 +142,41 @@ def frozen_backbone(recipe: Recipe, weights: str, dist: DistInfo) -> nn.Module:
     return backbone.to(dist.device)
 
 
+# Features extracted in this process, for the next frozen-feature protocol on the same
+# backbone, images and crops (the demo runs kNN, then logreg, on four backbones). Only
+# small feature sets are kept (the demo's; never ImageNet's ~10 GB per backbone).
+_FEATURE_MEMO: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+FEATURE_MEMO_BYTES = 1 << 29
+
+
+def _backbone_key(recipe: Recipe, weights: str) -> tuple:
+    """What fixes a frozen backbone's features: its weights file's bytes, or for ``random``
+    the architecture and seed; ``pixels`` is itself."""
+    if weights == PIXELS:
+        return (PIXELS,)
+    m = recipe.model
+    arch = (m["arch"], m["width"], m["small_stem"])
+    if weights == "random":
+        return ("random", *arch, recipe.train.seed)
+    return ("file", sha256_of(weights), *arch)
+
+
+def memo_features(recipe: Recipe, settings: Mapping[str, Any], weights: str, data_dir: Path,
+                  split: str, num_images: int, dist: DistInfo,
+                  backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """:func:`split_features`, or the copy this process kept from an identical extraction;
+    the flag says which (True: reused)."""
+    key = (_backbone_key(recipe, weights), str(Path(data_dir).resolve()), split, num_images,
+           settings["res"], settings["resize"], dist.rank, dist.world_size)
+    if key in _FEATURE_MEMO:
+        return (*_FEATURE_MEMO[key], True)
+    features, labels = split_features(recipe, settings, backbone, data_dir, split, num_images, dist)
+    kept = sum(x.numel() * x.element_size() for pair in _FEATURE_MEMO.values() for x in pair)
+    if kept + features.numel() * features.element_size() <= FEATURE_MEMO_BYTES:
+        _FEATURE_MEMO[key] = (features, labels)
+    return features, labels, False
+
+
 def split_features(recipe: Recipe, k: Mapping[str, Any], backbone: nn.Module, data_dir: Path,
                    split: str, num_images: int, dist: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
     """All ranks' features and labels of ``split``, in a fixed order (rank slices in turn),
@@ -171,10 +206,10 @@ def _knn_stage(recipe: Recipe, weights: str, out_dir: Path, dist: DistInfo) -> d
     backbone = frozen_backbone(recipe, weights, dist)
     clock = StageClock(dist.device, dist.world_size)
     clock.start()
-    train_x, train_y = split_features(recipe, k, backbone, data_dir, "train",
-                                      manifest.num_images("train"), dist)
-    val_x, val_y = split_features(recipe, k, backbone, data_dir, "val",
-                                  manifest.num_images("val"), dist)
+    train_x, train_y, _ = memo_features(recipe, k, weights, data_dir, "train",
+                                        manifest.num_images("train"), dist, backbone)
+    val_x, val_y, _ = memo_features(recipe, k, weights, data_dir, "val",
+                                    manifest.num_images("val"), dist, backbone)
     compute_on = dist.device if dist.device.type == "cuda" else torch.device("cpu")
     top1, top5 = knn_accuracy(train_x.to(compute_on), train_y, val_x.to(compute_on), val_y,
                               len(manifest.classes), k=k["k"], temperature=k["temperature"])

@@ -9,7 +9,10 @@ forwards, which is what makes it fit the CPU demo. Features are standardised wit
 train split's mean and std first, so that the result does not depend on the scale of a
 backbone's features: a random-init network's small, correlated features are not handicapped
 against a pretrained network's (the SGD probe, whose learning rate is fixed, is scale
-dependent). The objective is mean cross-entropy + ``weight_decay / 2 * ||W||^2``.
+dependent). The objective is mean cross-entropy + ``weight_decay / 2 * ||W||^2``. When the
+kNN protocol has just read the same backbone with the same crops in this process, its
+features are reused (``features_reused`` in result.json; the stage's device time is then
+the fit's alone).
 Backbones: a weights file, ``random``, or ``pixels`` (the floor).
 """
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ffcv_bt.config import Recipe
 from ffcv_bt.data.manifest import Manifest
 from ffcv_bt.distributed.process_group import DistInfo
 from ffcv_bt.evaluation.backbone_weights import sha256_of
-from ffcv_bt.evaluation.knn import PIXELS, frozen_backbone, split_features
+from ffcv_bt.evaluation.knn import PIXELS, frozen_backbone, memo_features
 from ffcv_bt.stage.clock import StageClock
 from ffcv_bt.stage.mixed_precision import true_fp32
 from ffcv_bt.stage.provenance import device_description
@@ -101,10 +104,10 @@ def _logreg_stage(recipe: Recipe, weights: str, out_dir: Path, dist: DistInfo) -
     backbone = frozen_backbone(recipe, weights, dist)
     clock = StageClock(dist.device, dist.world_size)
     clock.start()
-    train_x, train_y = split_features(recipe, settings, backbone, data_dir, "train",
-                                      manifest.num_images("train"), dist)
-    val_x, val_y = split_features(recipe, settings, backbone, data_dir, "val",
-                                  manifest.num_images("val"), dist)
+    train_x, train_y, reused = memo_features(recipe, settings, weights, data_dir, "train",
+                                             manifest.num_images("train"), dist, backbone)
+    val_x, val_y, _ = memo_features(recipe, settings, weights, data_dir, "val",
+                                    manifest.num_images("val"), dist, backbone)
     compute_on = dist.device if dist.device.type == "cuda" else torch.device("cpu")
     mean, std = feature_moments(train_x.to(compute_on))
     train_x, val_x = (train_x.to(compute_on) - mean) / std, (val_x.to(compute_on) - mean) / std
@@ -125,6 +128,7 @@ def _logreg_stage(recipe: Recipe, weights: str, out_dir: Path, dist: DistInfo) -
         "device_seconds": clock.seconds, "device_hours": clock.device_hours,
         "checkpoint": weights,
         "checkpoint_sha256": None if kind != "pretrained" else sha256_of(weights),
+        "features_reused": reused,  # extracted by an earlier protocol in this process
         "settings": {**settings, "train_images": int(train_x.shape[0]),
                      "val_images": int(val_x.shape[0]), "feature_dim": int(train_x.shape[1])},
         "protocol_file": recipe.protocol_file, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
