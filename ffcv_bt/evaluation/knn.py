@@ -161,13 +161,19 @@ def _backbone_key(recipe: Recipe, weights: str) -> tuple:
     return ("file", sha256_of(weights), *arch)
 
 
+def features_key(recipe: Recipe, settings: Mapping[str, Any], weights: str, data_dir: Path,
+                 split: str, num_images: int, dist: DistInfo) -> tuple:
+    """What fixes the features of ``split``: backbone, images, crops and this rank's share."""
+    return (_backbone_key(recipe, weights), str(Path(data_dir).resolve()), split, num_images,
+            settings["res"], settings["resize"], dist.rank, dist.world_size)
+
+
 def memo_features(recipe: Recipe, settings: Mapping[str, Any], weights: str, data_dir: Path,
                   split: str, num_images: int, dist: DistInfo,
                   backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """:func:`split_features`, or the copy this process kept from an identical extraction;
     the flag says which (True: reused)."""
-    key = (_backbone_key(recipe, weights), str(Path(data_dir).resolve()), split, num_images,
-           settings["res"], settings["resize"], dist.rank, dist.world_size)
+    key = features_key(recipe, settings, weights, data_dir, split, num_images, dist)
     if key in _FEATURE_MEMO:
         return (*_FEATURE_MEMO[key], True)
     features, labels = split_features(recipe, settings, backbone, data_dir, split, num_images, dist)

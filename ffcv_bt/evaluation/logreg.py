@@ -29,13 +29,16 @@ from ffcv_bt.config import Recipe
 from ffcv_bt.data.manifest import Manifest
 from ffcv_bt.distributed.process_group import DistInfo
 from ffcv_bt.evaluation.backbone_weights import sha256_of
-from ffcv_bt.evaluation.knn import PIXELS, frozen_backbone, memo_features
+from ffcv_bt.evaluation.knn import PIXELS, features_key, frozen_backbone, memo_features
 from ffcv_bt.stage.clock import StageClock
 from ffcv_bt.stage.mixed_precision import true_fp32
 from ffcv_bt.stage.provenance import device_description
 from ffcv_bt.stage.skeleton import run_stage
 
 CLASSIFIER_FILE = "classifier.pt"
+# Fits made in this process, by features and settings: a deterministic fit of the same
+# features (the raw-pixel floor, the same for every seed) is made once.
+_FIT_MEMO: dict[tuple, tuple[Tensor, Tensor, float]] = {}
 
 
 def feature_moments(train: Tensor) -> tuple[Tensor, Tensor]:
@@ -112,8 +115,13 @@ def _logreg_stage(recipe: Recipe, weights: str, out_dir: Path, dist: DistInfo) -
     mean, std = feature_moments(train_x.to(compute_on))
     train_x, val_x = (train_x.to(compute_on) - mean) / std, (val_x.to(compute_on) - mean) / std
     classes = len(manifest.classes)
-    weight, bias, objective = fit_logistic_regression(
-        train_x, train_y, classes, settings["weight_decay"], settings["iterations"])
+    fit_key = (features_key(recipe, settings, weights, data_dir, "train",
+                            manifest.num_images("train"), dist),
+               settings["weight_decay"], settings["iterations"])
+    if fit_key not in _FIT_MEMO:  # the same features fit the same way: the pixel floor per seed
+        _FIT_MEMO[fit_key] = fit_logistic_regression(
+            train_x, train_y, classes, settings["weight_decay"], settings["iterations"])
+    weight, bias, objective = _FIT_MEMO[fit_key]
     with true_fp32():
         top1, top5 = top_k_accuracy(val_x @ weight.T + bias, val_y)
         train_top1, _ = top_k_accuracy(train_x @ weight.T + bias, train_y)
