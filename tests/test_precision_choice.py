@@ -5,12 +5,11 @@ its backward through the scaler."""
 from __future__ import annotations
 
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from ffcv_bt.train.pretrain import Pretrainer
+from ffcv_bt.stage.mixed_precision import precision_setup
 from ffcv_bt.train.step import barlow_step
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
@@ -31,11 +30,9 @@ EXPECTED = [
                          ids=[f"{d.type}-{c}-{p}" for d, c, p, *_ in EXPECTED])
 def test_pretrainer_precision(monkeypatch, device, capability, precision, dtype, scaled):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    stage = SimpleNamespace(recipe=SimpleNamespace(train=SimpleNamespace(precision=precision)),
-                            device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a cuda GradScaler on a host without CUDA says so
-        amp_dtype, scaler = Pretrainer.create_precision(stage)  # type: ignore[arg-type]
+        amp_dtype, scaler = precision_setup(precision, device)
     assert amp_dtype is dtype
     assert isinstance(scaler, torch.amp.GradScaler) if scaled else scaler is None
 
