@@ -109,6 +109,7 @@ def test_evaluation_backbone_runs_in_the_protocol_precision(protocol, precision,
     from recipes import write_tiny_recipe
 
     import ffcv_bt.evaluation.trained as trained
+    import ffcv_bt.stage.mixed_precision as mixed_precision
     from ffcv_bt.config import load_recipe
     from ffcv_bt.distributed.process_group import DistInfo
 
@@ -118,7 +119,7 @@ def test_evaluation_backbone_runs_in_the_protocol_precision(protocol, precision,
         asked.append(requested)
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(requested)
 
-    monkeypatch.setattr(trained, "autocast_dtype", as_a_gpu)
+    monkeypatch.setattr(mixed_precision, "autocast_dtype", as_a_gpu)
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_dataset), {"eval.protocol": "smoke"})
     recipe = recipe.with_overrides({"linear.precision": precision})
     evaluation = trained.Evaluation(recipe, protocol, "random", tmp_path / "eval", DistInfo())
