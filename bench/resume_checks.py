@@ -37,16 +37,16 @@ def checkpoint_check(plan: Plan, device: torch.device, data_dir: Path, work: Pat
     a = Pretrainer(recipe, run_a, dist)
     run_a.mkdir(parents=True)
     with a.stop:
-        a.train_epoch(0)
+        a.train_epoch()  # epoch 0
         a.epoch = 1
-        a.save_checkpoint(1, 0)
+        a.save_checkpoint()
         run_b.mkdir(parents=True)
         shutil.copy(a.ckpt_path, run_b / "checkpoint.pt")
-        a.train_epoch(1)
+        a.train_epoch()  # epoch 1
     b = Pretrainer(recipe, run_b, dist)
     resumed_at = (b.epoch, b.step)
     with b.stop:
-        b.train_epoch(1)
+        b.train_epoch()  # epoch 1, from the checkpoint
     uninterrupted, resumed = _log_losses(run_a, 1), _log_losses(run_b, 1)
     weight_diff = max(float((pa.detach() - pb.detach()).abs().max())
                       for pa, pb in zip(a.model.parameters(), b.model.parameters()))
@@ -65,7 +65,7 @@ def checkpoint_check(plan: Plan, device: torch.device, data_dir: Path, work: Pat
           f"          resumed       {[f'{v:.6g}' for v in resumed]}  "
           f"(max rel. difference {rel:.2e}, {'ok' if record['ok'] else 'MISMATCH'})", flush=True)
     del a
-    return record, b.loader
+    return record, b.train_loader
 
 
 def torch_checkpoint_check(plan: Plan, device: torch.device, work: Path) -> dict[str, Any]:

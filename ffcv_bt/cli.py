@@ -1,6 +1,6 @@
 """The one entry layer of every command (run.py, write_dataset.py, ``python -m
-ffcv_bt.train.pretrain`` / ``ffcv_bt.evaluation.trained`` and the SLURM task): the same exit codes and the
-same one-line errors everywhere.
+ffcv_bt.train.pretrain`` / ``ffcv_bt.evaluation`` and the SLURM task): the same exit codes
+and the same one-line errors everywhere.
 
 * :class:`ffcv_bt.errors.UserError`: ``error: <message>`` on stderr, its ``exit_code``
   (2 for bad input, 1 for a diverged run); the traceback only with ``--debug``.

@@ -73,27 +73,11 @@ def _load_metadata(recipe: Recipe, run_dir: Path, dist: DistInfo) -> dict[str, A
     return _initial_metadata(recipe, run_dir, dist)
 
 
-def _evaluate(recipe: Recipe, protocol: str, weights: str, out_dir: Path,
-              dist: DistInfo) -> dict[str, Any]:
-    """One evaluation stage: a frozen-feature protocol (knn, logreg) or a trained one
-    (linear, semi1, semi10)."""
-    if protocol == "knn":
-        from ffcv_bt.evaluation.knn import evaluate_knn  # ffcv
-
-        return evaluate_knn(recipe, weights, out_dir, dist)
-    if protocol == "logreg":
-        from ffcv_bt.evaluation.logreg import evaluate_logreg  # ffcv
-
-        return evaluate_logreg(recipe, weights, out_dir, dist)
-    from ffcv_bt.evaluation.trained import evaluate  # ffcv
-
-    return evaluate(recipe, protocol, weights, out_dir, dist)
-
-
 def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
                dist: DistInfo) -> tuple[str, list[dict]]:
     """Run every stage of ``recipe`` into ``run_dir``; return a printable summary and the
     runs.csv rows of its evaluations."""
+    from ffcv_bt.evaluation.cli import evaluate_protocol
     from ffcv_bt.reporting.tables import generate  # matplotlib
     from ffcv_bt.train.pretrain import pretrain  # ffcv
 
@@ -145,7 +129,7 @@ def run_stages(recipe: Recipe, run_dir: Path, results_dir: Path,
     for key, protocol, kind in evaluations:
         weights = {"pretrained": str(backbone_path), "supervised": str(supervised_path)}.get(kind, kind)
         start = time.time()
-        result = _evaluate(recipe, protocol, weights, run_dir / key, dist)
+        result = evaluate_protocol(recipe, protocol, weights, run_dir / key, dist)
         trained = kind in ("pretrained", "supervised")  # both cost the recipe's epochs
         stage = meta["stages"].setdefault(key, {})
         stage.update({"device_hours": result["device_hours"],

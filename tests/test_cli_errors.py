@@ -60,7 +60,7 @@ def test_data_dir_without_manifest(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     recipe = write_tiny_recipe(tmp_path, empty)
-    proc = command("-m", "ffcv_bt.evaluation.trained", "--config", str(recipe), "--protocol", "linear",
+    proc = command("-m", "ffcv_bt.evaluation", "--config", str(recipe), "--protocol", "linear",
                    "--weights", "random", "--out", str(tmp_path / "o"))
     assert_one_line_error(proc, 2, str(empty / "manifest.json"), "write_dataset.py")
 
@@ -72,11 +72,11 @@ def test_weights_of_another_architecture(tiny_dataset: Path, tmp_path: Path) -> 
     weights = tmp_path / "other.pth"
     torch.save(other.state_dict(), weights)
     recipe = write_tiny_recipe(tmp_path, tiny_dataset)
-    proc = command("-m", "ffcv_bt.evaluation.trained", "--config", str(recipe), "--protocol", "linear",
+    proc = command("-m", "ffcv_bt.evaluation", "--config", str(recipe), "--protocol", "linear",
                    "--weights", str(weights), "--out", str(tmp_path / "o"))
     last = assert_one_line_error(proc, 2, str(weights), "does not match resnet18", "model.width")
     # --debug shows the traceback as well
-    debug = command("-m", "ffcv_bt.evaluation.trained", "--config", str(recipe), "--protocol", "linear",
+    debug = command("-m", "ffcv_bt.evaluation", "--config", str(recipe), "--protocol", "linear",
                     "--weights", str(weights), "--out", str(tmp_path / "o"), "--debug")
     assert debug.returncode == 2 and "Traceback" in debug.stderr and last in debug.stderr
 

@@ -52,7 +52,7 @@ def test_pretraining_hours_across_a_mid_epoch_stop(tiny_dataset, tmp_path, monke
     stop_at = STEPS + 1  # epoch 1, second batch: steps 0..4 done, 50 s
     before = run_steps(monkeypatch, fake_time, stop_at_step=stop_at)
     with pytest.raises(Preempted):
-        pretrain_module.Pretrainer(recipe, tmp_path / "stopped", DistInfo()).train()
+        pretrain_module.Pretrainer(recipe, tmp_path / "stopped", DistInfo()).run()
     assert before == list(range(stop_at + 1))
     seconds_before = len(before) * SECONDS_PER_STEP
     state = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
@@ -62,7 +62,7 @@ def test_pretraining_hours_across_a_mid_epoch_stop(tiny_dataset, tmp_path, monke
     after = run_steps(monkeypatch, fake_time)
     resumed = pretrain_module.Pretrainer(recipe, tmp_path / "stopped", DistInfo())
     assert resumed.clock.seconds == seconds_before
-    result = resumed.train()
+    result = resumed.run()
     assert after == list(range(stop_at + 1, EPOCHS * STEPS))
     assert result["device_seconds"] == seconds_before + len(after) * SECONDS_PER_STEP == total
     assert result["device_hours"] == pytest.approx(total / 3600)

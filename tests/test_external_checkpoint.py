@@ -27,7 +27,7 @@ def test_external_checkpoint_lands_in_results(tiny_dataset: Path, tmp_path: Path
     torch.save(state, weights)
     results = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "ffcv_bt.evaluation.trained", "--config",
+        [sys.executable, "-m", "ffcv_bt.evaluation", "--config",
          str(write_tiny_recipe(tmp_path, tiny_dataset)), "--protocol", "knn", "--weights",
          str(weights), "--out", str(tmp_path / "eval"), "--record", "--results-dir", str(results)],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,

@@ -53,14 +53,11 @@ def test_set_tf32_follows_the_precision(tf32_flags, precision, want) -> None:
 
 @pytest.mark.parametrize("precision", ["fp32", "auto"])
 def test_pretraining_setup_sets_tf32(tf32_flags, monkeypatch, precision) -> None:
-    """The Pretrainer's precision setup (run on a mocked Ampere GPU) sets both flags."""
-    from types import SimpleNamespace
-
-    from ffcv_bt.train.pretrain import Pretrainer
+    """The stages' precision setup (run on a mocked Ampere GPU) sets both flags."""
+    from ffcv_bt.stage.mixed_precision import precision_setup
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    trainer = SimpleNamespace(recipe=SimpleNamespace(train=SimpleNamespace(precision=precision)), device=CUDA)
-    dtype, scaler = Pretrainer.create_precision(trainer)
+    dtype, scaler = precision_setup(precision, CUDA)
     assert (dtype, scaler) == ((None if precision == "fp32" else torch.bfloat16), None)
     assert flags() == (precision != "fp32", False)
 

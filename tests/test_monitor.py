@@ -114,7 +114,7 @@ def test_pretraining_with_the_monitor_writes_records_plot_and_separate_hours(
 
     recipe = _tiny_recipe(tmp_path, tiny_dataset, epochs=3, every=2)
     out = tmp_path / "run" / "pretrain"
-    result = Pretrainer(recipe, out, DistInfo()).train()
+    result = Pretrainer(recipe, out, DistInfo()).run()
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     monitor = [r for r in records if r.get("kind") == "monitor"]
     assert [r["epochs_done"] for r in monitor] == [2, 3]  # every 2 epochs, and the last
@@ -131,7 +131,7 @@ def test_pretraining_with_the_monitor_writes_records_plot_and_separate_hours(
     # The monitor leaves training alone: the same losses and weights without it.
     plain = Pretrainer(_tiny_recipe(tmp_path, tiny_dataset, epochs=3, every=0),
                        tmp_path / "plain", DistInfo())
-    plain_result = plain.train()
+    plain_result = plain.run()
     plain_records = [json.loads(line) for line in (tmp_path / "plain" / "log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in plain_records] == [r["loss"] for r in records if r.get("kind") is None]
     ours = torch.load(result["backbone"])
@@ -165,11 +165,11 @@ def test_a_monitor_pass_cut_short_runs_on_restart_and_its_time_is_kept(
 
     monkeypatch.setattr(TrainingMonitor, "run", dies_at_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        Pretrainer(recipe, out, DistInfo()).train()
+        Pretrainer(recipe, out, DistInfo()).run()
     first_seconds = json.loads((out / "monitor_state.json").read_text())["seconds"]
     assert first_seconds > 0 and not (out / "result.json").exists()
     monkeypatch.setattr(TrainingMonitor, "run", real_run)
-    result = Pretrainer(recipe, out, DistInfo()).train()
+    result = Pretrainer(recipe, out, DistInfo()).run()
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epochs_done"] for r in records if r.get("kind") == "monitor"] == [1, 2]
     assert result["monitor_device_seconds"] > first_seconds

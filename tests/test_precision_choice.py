@@ -5,12 +5,11 @@ its backward through the scaler."""
 from __future__ import annotations
 
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from ffcv_bt.train.pretrain import Pretrainer
+from ffcv_bt.stage.mixed_precision import precision_setup
 from ffcv_bt.train.step import barlow_step
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
@@ -31,11 +30,9 @@ EXPECTED = [
                          ids=[f"{d.type}-{c}-{p}" for d, c, p, *_ in EXPECTED])
 def test_pretrainer_precision(monkeypatch, device, capability, precision, dtype, scaled):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    stage = SimpleNamespace(recipe=SimpleNamespace(train=SimpleNamespace(precision=precision)),
-                            device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a cuda GradScaler on a host without CUDA says so
-        amp_dtype, scaler = Pretrainer.create_precision(stage)  # type: ignore[arg-type]
+        amp_dtype, scaler = precision_setup(precision, device)
     assert amp_dtype is dtype
     assert isinstance(scaler, torch.amp.GradScaler) if scaled else scaler is None
 
@@ -112,6 +109,7 @@ def test_evaluation_backbone_runs_in_the_protocol_precision(protocol, precision,
     from recipes import write_tiny_recipe
 
     import ffcv_bt.evaluation.trained as trained
+    import ffcv_bt.stage.mixed_precision as mixed_precision
     from ffcv_bt.config import load_recipe
     from ffcv_bt.distributed.process_group import DistInfo
 
@@ -121,7 +119,7 @@ def test_evaluation_backbone_runs_in_the_protocol_precision(protocol, precision,
         asked.append(requested)
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(requested)
 
-    monkeypatch.setattr(trained, "autocast_dtype", as_a_gpu)
+    monkeypatch.setattr(mixed_precision, "autocast_dtype", as_a_gpu)
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_dataset), {"eval.protocol": "smoke"})
     recipe = recipe.with_overrides({"linear.precision": precision})
     evaluation = trained.Evaluation(recipe, protocol, "random", tmp_path / "eval", DistInfo())

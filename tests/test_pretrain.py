@@ -162,6 +162,7 @@ def test_non_finite_loss_stops_naming_the_step(tiny_dataset: Path, tmp_path: Pat
     import ffcv_bt.train.step as step_module
     from ffcv_bt.config import load_recipe
     from ffcv_bt.distributed.process_group import DistInfo
+    from ffcv_bt.errors import NonFiniteLoss
 
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_dataset, epochs=3),
                          {"train.log_every": str(log_every)})
@@ -173,8 +174,8 @@ def test_non_finite_loss_stops_naming_the_step(tiny_dataset: Path, tmp_path: Pat
         return value * float("nan") if len(calls) == 15 else value  # epoch 1, batch 2
     monkeypatch.setattr(step_module, "barlow_twins_loss", loss_that_explodes)
     out = tmp_path / "nan"
-    with pytest.raises(pretrain_module.NonFiniteLoss, match=r"at step 14 \(epoch 1, batch 2\)"):
-        pretrain_module.Pretrainer(recipe, out, DistInfo()).train()
+    with pytest.raises(NonFiniteLoss, match=r"at step 14 \(epoch 1, batch 2\)"):
+        pretrain_module.Pretrainer(recipe, out, DistInfo()).run()
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values()
                                        if v.is_floating_point())
@@ -198,8 +199,8 @@ def test_aug_device_gpu_reaches_the_loader_and_warns_on_a_cpu(tiny_dataset: Path
                 trainer = Pretrainer(recipe, tmp_path / mode, DistInfo())
         else:
             trainer = Pretrainer(recipe, tmp_path / mode, DistInfo())
-        assert ("params" in trainer.loader.ffcv_loader.pipeline_specs) == (mode == "gpu")
-        first[mode] = [view.clone() for view in next(iter(trainer.loader))]
+        assert ("params" in trainer.train_loader.ffcv_loader.pipeline_specs) == (mode == "gpu")
+        first[mode] = [view.clone() for view in next(iter(trainer.train_loader))]
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     for a, b in zip(first["cpu"], first["gpu"], strict=True):
         assert float(((a - b).abs() * std * 255).max()) <= 1.0

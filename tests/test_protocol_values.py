@@ -48,7 +48,6 @@ def test_trained_protocol_loaders_get_the_protocol_values(name, protocol, tiny_d
     spec = protocol_spec(name)["linear" if protocol == "linear" else "semi"]
     spy = LoaderSpy()
     monkeypatch.setattr(trained_module, "make_eval_loader", spy)
-    monkeypatch.setattr(trained_module, "set_stage_threads", lambda *a: None)
     manifest = Manifest.read(tiny_dataset)
     stage = SimpleNamespace(settings=ProtocolSettings.from_recipe(recipe, protocol), recipe=recipe,
                             dist=DistInfo(), manifest=manifest, data_dir=tiny_dataset, device=torch.device("cpu"),
@@ -83,7 +82,6 @@ def test_distinct_values_do_not_swap(tiny_dataset, tmp_path, monkeypatch):
                                     "semi.res": 10, "semi.resize": 18, "semi.batch_size": 8})
     spy = LoaderSpy()
     monkeypatch.setattr(trained_module, "make_eval_loader", spy)
-    monkeypatch.setattr(trained_module, "set_stage_threads", lambda *a: None)
     for protocol in ("linear", "semi10"):
         stage = SimpleNamespace(settings=ProtocolSettings.from_recipe(recipe, protocol),
                                 recipe=recipe, dist=DistInfo(), manifest=Manifest.read(tiny_dataset),

@@ -80,18 +80,18 @@ def test_loop_applies_the_schedules_straight_and_across_a_mid_epoch_resume(
     """The same schedule at every step in an uninterrupted run and in one stopped mid-epoch
     (epoch 2, batch 2) and resumed in a new Pretrainer, which ends at the same weights."""
     straight = record_steps(monkeypatch)
-    pretrain_module.Pretrainer(recipe, tmp_path / "straight", DistInfo()).train()
+    pretrain_module.Pretrainer(recipe, tmp_path / "straight", DistInfo()).run()
     check_against_schedule(straight)
 
     stop_at = 2 * STEPS_PER_EPOCH + 2
     before = record_steps(monkeypatch, stop_at_step=stop_at)
     with pytest.raises(Preempted):
-        pretrain_module.Pretrainer(recipe, tmp_path / "stopped", DistInfo()).train()
+        pretrain_module.Pretrainer(recipe, tmp_path / "stopped", DistInfo()).run()
     state = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)
     assert (state["epoch"], state["batch_in_epoch"]) == (2, 3)
     assert all(t.device.type == "cpu" for t in state["model"].values())
     after = record_steps(monkeypatch)
-    pretrain_module.Pretrainer(recipe, tmp_path / "stopped", DistInfo()).train()
+    pretrain_module.Pretrainer(recipe, tmp_path / "stopped", DistInfo()).run()
     assert before[-1]["step"] == stop_at and after[0]["step"] == stop_at + 1
     check_against_schedule(before + after)
     a = torch.load(tmp_path / "straight" / "resnet18.pth", weights_only=True)
@@ -123,5 +123,5 @@ def test_optimizer_and_objective_hold_the_recipe_values(recipe, tmp_path, monkey
         return loss_fn(z1, z2, **kwargs)
 
     monkeypatch.setattr(step_module, "barlow_twins_loss", recording)
-    trainer.train()
+    trainer.run()
     assert seen and all(k == {"lambd": 0.0123, "scale_loss": 0.37, "formulation": "cross"} for k in seen)

@@ -194,7 +194,14 @@ def split_features(recipe: Recipe, k: Mapping[str, Any], backbone: nn.Module, da
                               resize_ratio=k["res"] / k["resize"], indices=indices,
                               in_memory=recipe.data.in_memory)
     set_stage_threads(dist, recipe.train.cpu_threads)
-    features, labels = extract_features(backbone, loader, dist.device)
+    return gather_features(backbone, loader, dist)
+
+
+def gather_features(backbone: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
+                    dist: DistInfo) -> tuple[Tensor, Tensor]:
+    """``extract_features`` of this rank's ``batches``, then every rank's rows in rank order
+    (on every rank, on the CPU)."""
+    features, labels = extract_features(backbone, batches, dist.device)
     return gather_rows(features.to(dist.device)).cpu(), gather_rows(labels.to(dist.device)).cpu()
 
 

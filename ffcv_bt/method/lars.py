@@ -1,8 +1,9 @@
 """LARS as in Barlow Twins, its two parameter groups, and per-step learning rates.
 
 Weights (ndim > 1) get weight decay and the layer-wise trust ratio; biases and BatchNorm
-parameters (ndim == 1) get neither. The learning-rate schedule itself is
-``ffcv_bt.method.schedules.lr_at``; ``set_learning_rates`` applies its multiplier to each group.
+parameters (ndim == 1) get neither. Each group carries its base rate (``base_lr``); the
+schedule's multiplier (``ffcv_bt.method.schedules.lr_at``) reaches them through
+``schedules.set_group_rates``, as every stage's rates do.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typing import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+
+from ffcv_bt.method.schedules import BASE_LR, set_group_rates
 
 
 class LARS(torch.optim.Optimizer):
@@ -84,22 +87,26 @@ class LARS(torch.optim.Optimizer):
         return torch._foreach_mul(updates, trust)
 
 
-def param_groups_for_lars(model: nn.Module) -> list[dict]:
-    """Two groups for LARS: "weights" (ndim > 1) and "biases" (ndim == 1: biases, BN)."""
+def param_groups_for_lars(model: nn.Module, lr_weights: float = 0.0,
+                          lr_biases: float = 0.0) -> list[dict]:
+    """Two groups for LARS: "weights" (ndim > 1) and "biases" (ndim == 1: biases, BN), each
+    with its base rate."""
     params = [p for p in model.parameters() if p.requires_grad]
     return [
-        {"name": "weights", "params": [p for p in params if p.ndim != 1]},
-        {"name": "biases", "params": [p for p in params if p.ndim == 1]},
+        {"name": "weights", "params": [p for p in params if p.ndim != 1], BASE_LR: lr_weights},
+        {"name": "biases", "params": [p for p in params if p.ndim == 1], BASE_LR: lr_biases},
     ]
 
 
 def set_learning_rates(optimizer: torch.optim.Optimizer, multiplier: float,
                        lr_weights: float, lr_biases: float) -> None:
-    """Set each group's lr to ``multiplier`` (from ``schedules.lr_at``) times its base rate."""
+    """Give the "weights" and "biases" groups these base rates, and each group the lr
+    ``multiplier`` (from ``schedules.lr_at``) times its base rate."""
     base = {"weights": lr_weights, "biases": lr_biases}
     for group in optimizer.param_groups:
         name = group.get("name")
         if name not in base:
             raise ValueError(f"parameter group named {name!r}; expected 'weights' or 'biases' "
                              "(build groups with param_groups_for_lars)")
-        group["lr"] = multiplier * base[name]
+        group[BASE_LR] = base[name]
+    set_group_rates(optimizer, lambda base_lr: multiplier * base_lr)

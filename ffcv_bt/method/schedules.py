@@ -1,6 +1,7 @@
-"""Pure schedule functions: resolution per epoch, learning rate per step, and what a
-schedule costs (runs of equal resolution, epoch-equivalents at max_res, device-hours at a
-throughput, a schedule stretched to other epochs).
+"""Pure schedule functions: resolution per epoch, learning rate per step (and the one way a
+rate reaches an optimiser, ``set_group_rates``), and what a schedule costs (runs of equal
+resolution, epoch-equivalents at max_res, device-hours at a throughput, a schedule stretched
+to other epochs).
 
 Kept free of state so they can be tested at their key points and printed by
 ``run.py --dry-run`` without building anything.
@@ -57,6 +58,16 @@ def lr_at(step: int, steps_per_epoch: int, epochs: int, batch_size: int,
     cosine = 0.5 * (1 + math.cos(math.pi * progress))
     end = base * final_ratio
     return end + (base - end) * cosine
+
+
+BASE_LR = "base_lr"  # the key under which a parameter group carries its base rate
+
+
+def set_group_rates(optimizer: Any, rate: Callable[[float], float]) -> None:
+    """Each parameter group's lr = ``rate(its base rate)`` (``group[BASE_LR]``): the one way
+    every stage sets its learning rates."""
+    for group in optimizer.param_groups:
+        group["lr"] = rate(group[BASE_LR])
 
 
 def cosine_epoch_lr(epoch: int, epochs: int, base_lr: float) -> float:

@@ -1,4 +1,5 @@
-"""Which mixed-precision dtype a run uses on its device, and where TF32 is allowed."""
+"""Which mixed-precision dtype a run uses on its device, where TF32 is allowed, and the two
+places a stage uses them: the autocast block and the (scaled) optimiser step."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -50,3 +51,31 @@ def true_fp32() -> Iterator[None]:
         yield
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def precision_setup(precision: str, device: torch.device, scaled: bool = True
+                    ) -> tuple[torch.dtype | None, torch.amp.GradScaler | None]:
+    """TF32 set for ``precision`` (``set_tf32``), its autocast dtype on ``device``, and a
+    GradScaler when that dtype is fp16 and ``scaled`` (the trained part computes in it)."""
+    set_tf32(precision)
+    dtype = autocast_dtype(precision, device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 and scaled else None
+    return dtype, scaler
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` on ``device``'s type; a disabled block when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler | None) -> None:
+    """Zero the gradients, backward (scaled when ``scaler``), step the optimiser."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()

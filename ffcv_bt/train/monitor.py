@@ -24,8 +24,9 @@ installed, and ``<out_dir>/monitor.png`` plots loss and kNN top-1 against device
 The monitor's time is its own clock (``monitor_device_hours`` in result.json, kept in
 ``monitor_state.json`` across restarts); the pretraining clock is stopped while it runs.
 
-Several ranks: each extracts a disjoint slice of each subset, the slices are gathered
-(``gather_rows``) and every rank computes the same numbers; rank 0 writes.
+Several ranks: each extracts a disjoint slice of each subset with the kNN protocol's
+extraction (``ffcv_bt.evaluation.knn.gather_features``: frozen, eval mode, fp32, the slices
+gathered) and every rank computes the same numbers; rank 0 writes.
 """
 from __future__ import annotations
 
@@ -38,18 +39,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ffcv_bt.atomic_files import atomic_write, atomic_write_json
 from ffcv_bt.config import Recipe
 from ffcv_bt.data.manifest import Manifest, beton_path
-from ffcv_bt.distributed.collectives import gather_rows
-from ffcv_bt.distributed.process_group import DistInfo, set_cpu_compute_threads
-from ffcv_bt.evaluation.knn import knn_accuracy
+from ffcv_bt.distributed.process_group import DistInfo
+from ffcv_bt.evaluation.knn import gather_features, knn_accuracy
 from ffcv_bt.method.model import BarlowTwins
 from ffcv_bt.method.objective import correlation_terms
 from ffcv_bt.stage.clock import StageClock
-from ffcv_bt.stage.mixed_precision import true_fp32
+from ffcv_bt.stage.skeleton import append_log, set_stage_threads
 
 STATE_FILE = "monitor_state.json"
 PLOT_FILE = "monitor.png"
@@ -128,6 +128,24 @@ def images_per_pass(train_images: int, val_images: int) -> int:
 
 
 # ----- the monitor -----------------------------------------------------------------------
+class _WithEmbeddings(nn.Module):
+    """One row an image: the backbone features, the projector's embedding of the image and
+    that of its mirror image, side by side (so the kNN protocol's extraction takes all three)."""
+
+    def __init__(self, model: BarlowTwins) -> None:
+        super().__init__()
+        self.model = model
+        self.train(model.training)
+        self.feature_dim = self.embedding_dim = 0
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.model.backbone(images)
+        z1 = self.model.projector(features)
+        z2 = self.model.projector(self.model.backbone(images.flip(-1)))
+        self.feature_dim, self.embedding_dim = features.shape[1], z1.shape[1]
+        return torch.cat([features, z1, z2], dim=1)
+
+
 def _summary_writer(log_dir: Path) -> Any:
     """A TensorBoard SummaryWriter, or None when the tensorboard package is missing."""
     try:
@@ -185,29 +203,25 @@ class TrainingMonitor:
                 res=self.recipe.resolution.max_res, resize_ratio=RESIZE_RATIO,
                 indices=indices[self.dist.rank::self.dist.world_size],
                 in_memory=self.recipe.data.in_memory)
-            if self.device.type == "cpu":
-                set_cpu_compute_threads(self.recipe.train.cpu_threads)  # FFCV resets torch's thread count
+            set_stage_threads(self.dist, self.recipe.train.cpu_threads)  # FFCV resets them
         return self._loaders[split]
 
     @property
     def device(self) -> torch.device:
         return self.dist.device
 
-    @torch.no_grad()
     def _extract(self, model: BarlowTwins, split: str, embed: bool) -> dict[str, Tensor]:
-        """Backbone features and labels of the subset (all ranks'), and with ``embed`` the
-        projector embeddings of the images and of their mirror images."""
-        out: dict[str, list[Tensor]] = {"features": [], "labels": [], "z1": [], "z2": []}
-        for images, labels in self._loader(split):
-            with torch.autocast(self.device.type, enabled=False), true_fp32():
-                images = images.float()
-                features = model.backbone(images)
-                out["features"].append(features.float().clone())
-                out["labels"].append(labels.reshape(-1).to(torch.int64).clone())
-                if embed:
-                    out["z1"].append(model.projector(features).float())
-                    out["z2"].append(model.projector(model.backbone(images.flip(-1))).float())
-        return {key: gather_rows(torch.cat(parts)).cpu() for key, parts in out.items() if parts}
+        """Backbone features and labels of the subset (all ranks'; the kNN protocol's
+        extraction), and with ``embed`` the projector embeddings of the images and of their
+        mirror images."""
+        if not embed:
+            features, labels = gather_features(model.backbone, self._loader(split), self.dist)
+            return {"features": features, "labels": labels}
+        both = _WithEmbeddings(model)
+        rows, labels = gather_features(both, self._loader(split), self.dist)
+        features, z1, z2 = (part.contiguous() for part in
+                            rows.split([both.feature_dim, both.embedding_dim, both.embedding_dim], 1))
+        return {"features": features, "labels": labels, "z1": z1, "z2": z2}
 
     # ----- one monitoring pass ---------------------------------------------------------
     def run(self, model: BarlowTwins, epochs_done: int, step: int,
@@ -215,14 +229,11 @@ class TrainingMonitor:
         """Measure, log (rank 0) and return the record; the pretraining clock must be stopped."""
         if pretrain_clock.running:
             raise RuntimeError("the pretraining clock must be stopped while the monitor runs")
-        was_training = model.training
-        model.eval()
         self.clock.start()
         try:
-            record = self._measure(model, epochs_done, step)
+            record = self._measure(model, epochs_done, step)  # frozen: eval mode, fp32
         finally:
             self.clock.stop()
-            model.train(was_training)
         record["monitor_device_hours"] = self.clock.device_hours
         record["pretrain_device_hours"] = pretrain_clock.device_hours
         record["elapsed"] = pretrain_clock.seconds
@@ -262,8 +273,7 @@ class TrainingMonitor:
 
     # ----- outputs ---------------------------------------------------------------------
     def _write(self, record: dict[str, Any]) -> None:
-        with open(self.out_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_log(self.out_dir, record, self.dist)
         atomic_write_json(self.out_dir / STATE_FILE,
                           {"seconds": self.clock.seconds, "last_epoch": self.last_epoch})
         if self._writer is not None:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ffcv_bt.method.objective import barlow_twins_loss
+from ffcv_bt.stage.mixed_precision import autocast, optimizer_step
 
 
 def barlow_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -20,17 +21,9 @@ def barlow_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
     The whole pretraining step, as a function so the benchmarks time exactly this code.
     """
-    device_type = view1.device.type
-    with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    with autocast(view1.device, amp_dtype):
         z1, z2 = model(view1, view2)
     loss = barlow_twins_loss(z1.float(), z2.float(), lambd=loss_cfg["lambd"],
                              scale_loss=loss_cfg["scale_loss"], formulation=loss_cfg["formulation"])
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
+    optimizer_step(loss, optimizer, scaler)
     return loss.detach()

@@ -10,8 +10,8 @@ ramps linearly from 0 to its peak at ``lr_peak_epoch`` and back to 0 at the last
 evaluation train loader, one view), and the pretraining's progressive resolution epoch by
 epoch. The backbone starts from torchvision's standard initialisation, as theirs.
 
-It runs as one more trained stage (``ffcv_bt.evaluation.trained.Evaluation``: resume,
-checkpoints, DDP, the clock), writes ``<arch>.pth`` like pretraining, and its backbone is
+It runs as one more trained stage (``ffcv_bt.evaluation.trained.Evaluation`` on the stage
+skeleton: resume, checkpoints, DDP, the clock), writes ``<arch>.pth`` like pretraining, and its backbone is
 then evaluated with the same protocols as the pretrained one (backbone ``supervised``).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ffcv_bt.atomic_files import atomic_torch_save
 from ffcv_bt.config import Recipe
 from ffcv_bt.distributed.process_group import DistInfo
 from ffcv_bt.evaluation.trained import Evaluation
-from ffcv_bt.method.schedules import resolution_of_recipe
+from ffcv_bt.method.schedules import BASE_LR, resolution_of_recipe
 from ffcv_bt.stage.skeleton import run_stage
 
 
@@ -52,21 +52,21 @@ class SupervisedTraining(Evaluation):
         decay, plain = [], []
         for param in self.model.parameters():
             (plain if no_decay(param) else decay).append(param)
-        groups = [{"params": decay, "weight_decay": s.weight_decay, "base_lr": s.lr_classifier},
-                  {"params": plain, "weight_decay": 0.0, "base_lr": s.lr_classifier}]
+        groups = [{"params": decay, "weight_decay": s.weight_decay, BASE_LR: s.lr_classifier},
+                  {"params": plain, "weight_decay": 0.0, BASE_LR: s.lr_classifier}]
         return torch.optim.SGD(groups, lr=s.lr_classifier, momentum=s.momentum)
 
-    def learning_rates(self, epoch: float) -> list[float]:
+    def learning_rate(self, base_lr: float, batch: int, steps: int) -> float:
+        """The triangular rate, updated every step."""
         s = self.settings
-        return [triangular_lr(epoch, s.lr_peak_epoch, s.epochs, g["base_lr"])
-                for g in self.optimizer.param_groups]
+        return triangular_lr(self.epoch + batch / steps, s.lr_peak_epoch, s.epochs, base_lr)
 
     def criterion(self) -> nn.Module:
         return nn.CrossEntropyLoss(label_smoothing=self.settings.label_smoothing)
 
-    def train_epoch(self) -> float:
+    def begin_epoch(self) -> None:
         self.train_loader.set_resolution(resolution_of_recipe(self.epoch, self.recipe.resolution))
-        return super().train_epoch()
+        super().begin_epoch()
 
     def result(self) -> dict[str, Any]:
         """The result of the classifier on val, and the backbone saved as ``<arch>.pth``."""
