@@ -39,6 +39,25 @@ class OneOf:
         return f"one of [{', '.join(self.choices)}]"
 
 
+@dataclass(frozen=True)
+class PositiveFloats:
+    """Allowed: a comma-separated list of positive floats, e.g. "1e-4,1e-3"."""
+
+    def allows(self, value: Any) -> bool:
+        try:
+            return all(float(v) > 0 for v in str(value).split(","))
+        except ValueError:
+            return False
+
+    def help(self) -> str:
+        return "comma-separated positive floats"
+
+
+def float_list(value: str) -> list[float]:
+    """The floats of a :class:`PositiveFloats` value, in order."""
+    return [float(v) for v in value.split(",")]
+
+
 KIND_NAMES = {int: "an int", float: "a float", bool: "a boolean", str: "a string"}
 
 
@@ -50,7 +69,7 @@ class Param:
 
     kind: type
     desc: str
-    constraint: InRange | OneOf | None = None
+    constraint: InRange | OneOf | PositiveFloats | None = None
 
     def check(self, value: Any) -> Any:
         """``value`` (already of ``kind``) if allowed, else ValueError."""
@@ -230,8 +249,11 @@ _section(
 _section(
     "logreg", "L-BFGS logistic regression on frozen, standardised features (protocol, not "
               "recipe; SimCLR's transfer evaluation, Chen et al. 2020)",
-    weight_decay=_p(float, "L2 coefficient: mean cross-entropy + weight_decay/2 ||W||^2",
-                    InRange(0.0, 100.0)),
+    weight_decays=_p(str, "L2 coefficients tried (mean cross-entropy + wd/2 ||W||^2); the one "
+                          "with the best held-out top-1 is refitted on all train images",
+                     PositiveFloats()),
+    held_out=_p(float, "fraction of the train images that scores the coefficients",
+                InRange(0.05, 0.5)),
     iterations=_p(int, "L-BFGS iterations at most", InRange(1, 100000)),
     batch_size=_p(int, "GLOBAL batch size of the feature extraction", InRange(1, 1 << 20)),
     res=_p(int, "centre-crop size for train and val features", InRange(8, 1024)),
