@@ -40,3 +40,15 @@ def data_copy(tiny_dataset: Path, tmp_path: Path) -> Path:
         if f.is_file():
             (out / f.name).write_bytes(f.read_bytes())
     return out
+
+
+@pytest.fixture(autouse=True)
+def fresh_feature_memos() -> None:
+    """Each test starts without features or fits kept by an earlier test in this process
+    (ffcv_bt.evaluation.knn / logreg keep them for the next protocol of a run)."""
+    import sys
+
+    for module, memo in (("ffcv_bt.evaluation.knn", "_FEATURE_MEMO"),
+                         ("ffcv_bt.evaluation.logreg", "_FIT_MEMO")):
+        if module in sys.modules:
+            getattr(sys.modules[module], memo).clear()
