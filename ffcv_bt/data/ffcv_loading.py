@@ -6,7 +6,11 @@ ffcv/pipeline/compiler.py): the Loader sets numba's AND torch's thread counts to
 count, at construction and again every epoch; numba refuses more threads than the process
 may run on (its CPU affinity: a SLURM task with 10 CPUs and 12 workers dies at start), and
 a garbage-collected numba dispatcher can print a harmless ``KeyError`` traceback from its
-finalizer (numba/core/dispatcher.py) between stages.
+finalizer (numba/core/dispatcher.py) between stages, and its batch thread
+(ffcv/loader/epoch_iterator.py) starts on CUDA device 0 whatever the rank's device: leaving
+its first ``torch.cuda.stream`` calls ``cudaSetDevice(0)``, a context on GPU 0 (~0.5 GB) in
+every rank >= 1. :class:`DeviceEpochIterator` gives the thread the device of the thread that
+began the epoch.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ import time
 import warnings
 from typing import Any, Iterator, Optional, Sequence
 
+import ffcv.loader.epoch_iterator as ffcv_epoch_iterator
+import ffcv.loader.loader as ffcv_loader
 import numba
 import numpy as np
 import torch
@@ -190,6 +196,26 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+class DeviceEpochIterator(ffcv_epoch_iterator.EpochIterator):
+    """FFCV's epoch (a thread that decodes the batches) whose thread first sets the CUDA
+    device that was current where the epoch began (the rank's), before any CUDA call."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.cuda_device = torch.cuda.current_device() if ffcv_epoch_iterator.IS_CUDA else None
+        super().__init__(*args, **kwargs)  # starts the thread
+
+    def run(self) -> None:
+        if self.cuda_device is not None:
+            torch.cuda.set_device(self.cuda_device)
+        super().run()
+
+
+def use_rank_device_in_ffcv_threads() -> None:
+    """Make FFCV's Loader begin its epochs with :class:`DeviceEpochIterator` (once)."""
+    if not issubclass(ffcv_loader.EpochIterator, DeviceEpochIterator):
+        ffcv_loader.EpochIterator = DeviceEpochIterator
+
+
 def _is_numba_finalizer_keyerror(unraisable: Any) -> bool:
     """True for numba's dispatcher-finalizer KeyError (harmless: the overload is gone)."""
     tb = unraisable.exc_traceback
@@ -216,3 +242,4 @@ def drop_numba_finalizer_noise() -> None:
 
 
 drop_numba_finalizer_noise()
+use_rank_device_in_ffcv_threads()
