@@ -126,6 +126,7 @@ def test_bare_node_runs_the_torch_phases_and_skips_the_loader(tmp_path: Path) ->
     assert profile["loader"] is None and profile["partial"] is False and profile["checks"]["ok"]
     checks = profile["checks"]
     assert checks["loader_phases"].startswith("skipped: ImportError")
+    assert checks["jit_compiles"]["compiles"] == len(checks["jit_compiles"]["each"])  # counted
     assert [r["res"] for r in checks["steps"]][:1] == [32]  # the largest resolution first
     resume = checks["checkpoint_resume_torch"]
     assert resume["losses_uninterrupted"] == resume["losses_resumed"]  # exact on a CPU
