@@ -19,6 +19,7 @@ import queue
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from typing import Any, Iterator, Optional, Sequence
 
 import ffcv.loader.epoch_iterator as ffcv_epoch_iterator
@@ -163,25 +164,53 @@ def build_loader(beton: str | os.PathLike, pipelines: dict[str, Any], *, batch_s
 
 
 class BufferGuard:
-    """Keeps FFCV's reused batch buffers safe from a non-blocking copy still in flight.
+    """Keeps FFCV's reused batch buffers safe from a non-blocking copy still in flight, and
+    lets the copies run beside the training step.
 
     FFCV fills a small ring of (pinned, on CUDA machines) batch buffers in a background
     thread and refills a buffer once the batch after it has been pulled. A non-blocking
     host-to-device copy out of a buffer must therefore be complete before the next batch is
     pulled. :meth:`copied` records a CUDA event right after the copies are queued and
     :meth:`wait` (called before pulling the next batch) waits for that event only: the copy
-    and what was queued before it, never the training step queued after it. On a CPU the
-    "copies" are synchronous and both calls do nothing.
+    and what was queued before it, never the training step queued after it. Copies queued
+    inside :meth:`side_stream` run on a stream of their own, so they overlap the step still
+    running on the compute stream; :meth:`copied` then makes the compute stream wait for them
+    (and tells the allocator the compute stream uses what they made). On a CPU the "copies"
+    are synchronous and every call does nothing.
     """
 
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = torch.device(device).type == "cuda"
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
         self._event: Any = None
+        self._side: Any = None
 
-    def copied(self) -> None:
-        if self.cuda:
-            self._event = torch.cuda.Event()
+    @contextmanager
+    def side_stream(self) -> Iterator[None]:
+        """Queue the copies made inside on the side stream (CUDA only); pass the tensors
+        they made to :meth:`copied` before any other use."""
+        if not self.cuda:
+            yield
+            return
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._side):
+            yield
+
+    def copied(self, *made_on_side: torch.Tensor) -> None:
+        """The batch's copies are queued: record the event :meth:`wait` waits for; after
+        :meth:`side_stream`, the compute stream waits for the copies."""
+        if not self.cuda:
+            return
+        self._event = torch.cuda.Event()
+        if self._side is None:
             self._event.record()
+            return
+        self._event.record(self._side)
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_stream(self._side)
+        for tensor in made_on_side:
+            tensor.record_stream(compute)
 
     def wait(self) -> None:
         if self._event is not None:
