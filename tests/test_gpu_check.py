@@ -55,6 +55,10 @@ def test_device_file_content(quick_run: tuple[dict, str]) -> None:
             profile["pretrain"][res]["images_per_s"] / loader["pairs_per_s_per_core"][res])
     assert profile["eval_images_per_s"] > 0
     assert profile["checks"]["ok"] is True
+    assert all(e["setting"] == "recipe" and e["ddp_factor"] is None  # 1 rank: no DDP cost applied
+               for e in profile["pretrain"].values())
+    jit = profile["checks"]["jit_compiles"]
+    assert jit["compiles"] >= 1 and jit["seconds"] > 0  # FFCV's pipelines, compiled per process
     assert "loader cores/GPU" in stdout and "checkpoint resume (fp32)" in stdout
 
 
