@@ -28,15 +28,14 @@ def device_info(device: torch.device) -> dict[str, Any]:
 def recipe_setting(device: torch.device) -> dict[str, Any]:
     """The step setting a run of base.yaml trains with on ``device``: its precision (auto:
     bf16 from capability 8.0, else fp16; fp32 on a CPU), channels_last (GPU only), eager."""
-    import yaml
-
+    from ffcv_bt.config import load_recipe
     from ffcv_bt.stage.mixed_precision import autocast_dtype
 
-    train = yaml.safe_load(BASE_RECIPE.read_text())["train"]
-    dtype = autocast_dtype(train["precision"], device)
+    train = load_recipe(BASE_RECIPE).train
+    dtype = autocast_dtype(train.precision, device)
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    return {"precision": precision, "channels_last": bool(train["channels_last"]) and device.type == "cuda",
-            "compile": bool(train["compile"])}
+    return {"precision": precision, "channels_last": bool(train.channels_last) and device.type == "cuda",
+            "compile": bool(train.compile)}
 
 
 def recipe_row(rows: list[dict], device: torch.device) -> tuple[dict | None, str]:
