@@ -20,7 +20,9 @@ ImageNet-like JPEGs (~400x350, smooth noise and shapes, quality 90) into a tempo
      resumed run's losses against an uninterrupted run's;
   e. one linear-probe epoch (ffcv_bt.evaluation.trained) and the fp32-vs-bf16 difference of frozen
      features;
-  f. a table, and ``results/devices/<gpu name slug>.json`` (format: ffcv_bt.reporting.device_profile).
+  f. a table, and ``results/devices/<gpu name slug>.json`` (format: ffcv_bt.reporting.device_profile),
+     whose ``checks.jit_compiles`` counts this process's numba compilations (FFCV pipelines;
+     torchrun's ranks compile their own) and their seconds (bench.jit_compiles).
 
     python -m bench.gpu_check                      # a CUDA GPU -> results/devices/<slug>.json
     python -m bench.gpu_check --device cpu --quick # the same code paths on a CPU, tiny sizes,
@@ -39,6 +41,7 @@ and the device file's content and the table in bench.gpu_report.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -53,7 +56,8 @@ import torch
 from bench.ddp_step import ddp_worker, torchrun_check
 from bench.frozen_features import frozen_forward_check, linear_probe_check
 from bench.gpu_plan import make_plan
-from bench.gpu_report import build_profile, print_table
+from bench.gpu_report import build_profile, print_table, recipe_row
+from bench.jit_compiles import CompileLog
 from bench.resume_checks import checkpoint_check, torch_checkpoint_check
 from bench.train_step import best_of, step_benchmark
 
@@ -129,11 +133,13 @@ def main(argv: list[str]) -> int:
                               "plan": asdict(plan),
                               "loader_phases": "run" if loader_ok else f"skipped: {loader_why}"}
     measured: dict[str, Any] = {"loader_rates": None, "workers": None, "eval_rate": None}
+    compile_log = CompileLog()
 
     def save() -> Path:
         """The device file as far as measured (``partial`` until the end); before it holds
         every rate a device file needs, the figures go to <slug>.partial.json instead."""
         checks["elapsed_seconds"] = time.perf_counter() - started
+        checks["jit_compiles"] = compile_log.summary()
         profile = build_profile(plan, device, argv, checks["steps"], measured["loader_rates"],
                                 measured["workers"], checks, measured["eval_rate"])
         path = device_profile.device_file(profile["device"], folder)
@@ -156,6 +162,8 @@ def main(argv: list[str]) -> int:
     else:
         torch.cuda.set_device(device)
     work = Path(tempfile.mkdtemp(prefix="ffcv-bt-gpu-check-"))
+    listening = contextlib.ExitStack()
+    listening.enter_context(compile_log.install())
     try:
         phase("a. pretraining steps (torch only)")
         checks["steps"] = step_benchmark(plan, device, compile_deadline=started + 240)
@@ -166,7 +174,9 @@ def main(argv: list[str]) -> int:
         checks["frozen_forward"] = frozen_forward_check(plan, device)
         measured["eval_rate"] = checks["frozen_forward"]["fp32_images_per_s"]
         save()
-        best = best_of([r for r in checks["steps"] if r["res"] == max(plan.resolutions)])
+        # torchrun runs the step in the recipe's setting: its rate is what a run gets
+        best, _ = recipe_row([r for r in checks["steps"] if r["res"] == max(plan.resolutions)],
+                             device)
         beton = work / "data" / "train.beton"
         if loader_ok:
             phase(f"writing {plan.train_images} + {plan.val_images} JPEGs into {work}")
@@ -216,6 +226,7 @@ def main(argv: list[str]) -> int:
         phase(f"device file {path} ({'all checks passed' if checks['ok'] else 'SOME CHECKS FAILED'})")
         return 0 if checks["ok"] else 1
     finally:
+        listening.close()
         if args.keep:
             print(f"kept {work}")
         else:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from bench.gpu_plan import Plan
+from bench.gpu_plan import BASE_RECIPE, Plan
 from bench.train_step import best_of
 
 
@@ -25,6 +25,41 @@ def device_info(device: torch.device) -> dict[str, Any]:
             "torch": torch.__version__, "cuda": torch.version.cuda or "none"}
 
 
+def recipe_setting(device: torch.device) -> dict[str, Any]:
+    """The step setting a run of base.yaml trains with on ``device``: its precision (auto:
+    bf16 from capability 8.0, else fp16; fp32 on a CPU), channels_last (GPU only), eager."""
+    from ffcv_bt.config import load_recipe
+    from ffcv_bt.stage.mixed_precision import autocast_dtype
+
+    train = load_recipe(BASE_RECIPE).train
+    dtype = autocast_dtype(train.precision, device)
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return {"precision": precision, "channels_last": bool(train.channels_last) and device.type == "cuda",
+            "compile": bool(train.compile)}
+
+
+def recipe_row(rows: list[dict], device: torch.device) -> tuple[dict | None, str]:
+    """The measured step in the recipe's setting, or (if it failed) the fastest eager one;
+    and which of the two it is."""
+    setting = recipe_setting(device)
+    row = best_of([r for r in rows if all(r[k] == v for k, v in setting.items())])
+    if row is not None:
+        return row, "recipe"
+    return best_of([r for r in rows if not r["compile"]]), "fastest eager (the recipe's failed)"
+
+
+def ddp_factor(steps: list[dict], checks: dict[str, Any]) -> float | None:
+    """The torchrun step's rate (SyncBatchNorm, DDP, several ranks) over the single-process
+    rate of the same setting and resolution; None when torchrun did not cross ranks."""
+    ddp = checks.get("torchrun") or {}
+    if "error" in ddp or not ddp.get("cross_rank_paths_exercised") or not ddp.get("images_per_s"):
+        return None
+    same = best_of([r for r in steps if r["res"] == ddp.get("res") and not r["compile"]
+                    and r["precision"] == ddp.get("precision")
+                    and r["channels_last"] == ddp.get("channels_last")])
+    return ddp["images_per_s"] / same["images_per_s"] if same else None
+
+
 def build_profile(plan: Plan, device: torch.device, argv: list[str], steps: list[dict],
                   loader_rates: dict[int, float] | None, workers: int | None,
                   checks: dict[str, Any], eval_rate: float | None) -> dict[str, Any]:
@@ -32,17 +67,24 @@ def build_profile(plan: Plan, device: torch.device, argv: list[str], steps: list
     the loader is unmeasured or skipped)."""
     from ffcv_bt.reporting import device_profile
 
-    # The estimate uses what training runs: eager (train.compile is off by default and always
-    # off under DDP), cudnn.benchmark on; the compiled rate is kept beside it.
+    # The estimate uses what a run trains with: the recipe's setting (not the fastest one;
+    # train.compile is off by default and always off under DDP), cudnn.benchmark on, and,
+    # when torchrun crossed ranks, its SyncBatchNorm + DDP cost (the ratio measured at its
+    # resolution, applied to every one). The single-process and compiled rates stay beside it.
+    factor = ddp_factor(steps, checks)
     pretrain = {}
     for res in plan.resolutions:
-        eager = best_of([r for r in steps if r["res"] == res and not r["compile"]])
+        row, chosen = recipe_row([r for r in steps if r["res"] == res], device)
         compiled = best_of([r for r in steps if r["res"] == res and r["compile"]])
-        if eager is not None:
-            pretrain[str(res)] = {k: eager[k] for k in ("images_per_s", "precision",
-                                                        "channels_last", "compile",
-                                                        "peak_memory_gib")}
-            pretrain[str(res)]["compiled_images_per_s"] = compiled["images_per_s"] if compiled else None
+        if row is not None:
+            pretrain[str(res)] = {k: row[k] for k in ("images_per_s", "precision",
+                                                      "channels_last", "compile",
+                                                      "peak_memory_gib")}
+            pretrain[str(res)].update(
+                setting=chosen, single_process_images_per_s=row["images_per_s"],
+                ddp_factor=factor, compiled_images_per_s=compiled["images_per_s"] if compiled else None)
+            if factor is not None:
+                pretrain[str(res)]["images_per_s"] = row["images_per_s"] * factor
     profile = {
         "format": device_profile.FORMAT, **device_info(device),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -111,6 +153,10 @@ def print_table(profile: dict[str, Any], steps: list[dict]) -> None:
     if not ddp.get("cross_rank_paths_exercised", True):
         print("  1 rank: SyncBatchNorm and every collective are identities; cross-rank paths "
               "not exercised")
+    jit = checks.get("jit_compiles")
+    if jit:
+        print(f"numba compilations in this process: {jit['compiles']} ({jit['nested_compiles']} "
+              f"nested), {jit['seconds']:.1f} s")
     torch_resume = checks["checkpoint_resume_torch"]
     print(f"checkpoint resume, torch only ({torch_resume['precision']}): max relative loss "
           f"difference {torch_resume['max_relative_difference']:.2e}: "

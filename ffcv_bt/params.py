@@ -181,6 +181,9 @@ _section(
     deterministic=_p(bool, "torch deterministic algorithms (CPU resume tests)"),
     cpu_threads=_p(int, "torch threads on a CPU: 0 = this process's cores minus one (the loader "
                    "keeps one); N = exactly N", InRange(0, 1024)),
+    stop_vote_every=_p(int, "steps between the ranks' stop-signal votes (a blocking CPU "
+                       "all-reduce; also at each epoch's end; alone: every step)",
+                       InRange(1, 10**6)),
 )
 _section(
     "monitor", "Online monitoring during pretraining (kNN, RankMe, embedding std, loss terms)",

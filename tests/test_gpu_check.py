@@ -55,6 +55,10 @@ def test_device_file_content(quick_run: tuple[dict, str]) -> None:
             profile["pretrain"][res]["images_per_s"] / loader["pairs_per_s_per_core"][res])
     assert profile["eval_images_per_s"] > 0
     assert profile["checks"]["ok"] is True
+    assert all(e["setting"] == "recipe" and e["ddp_factor"] is None  # 1 rank: no DDP cost applied
+               for e in profile["pretrain"].values())
+    jit = profile["checks"]["jit_compiles"]
+    assert jit["compiles"] >= 1 and jit["seconds"] > 0  # FFCV's pipelines, compiled per process
     assert "loader cores/GPU" in stdout and "checkpoint resume (fp32)" in stdout
 
 
@@ -126,6 +130,7 @@ def test_bare_node_runs_the_torch_phases_and_skips_the_loader(tmp_path: Path) ->
     assert profile["loader"] is None and profile["partial"] is False and profile["checks"]["ok"]
     checks = profile["checks"]
     assert checks["loader_phases"].startswith("skipped: ImportError")
+    assert checks["jit_compiles"]["compiles"] == len(checks["jit_compiles"]["each"])  # counted
     assert [r["res"] for r in checks["steps"]][:1] == [32]  # the largest resolution first
     resume = checks["checkpoint_resume_torch"]
     assert resume["losses_uninterrupted"] == resume["losses_resumed"]  # exact on a CPU

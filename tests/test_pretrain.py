@@ -118,7 +118,8 @@ def test_two_gloo_ranks_agree_on_a_stop_and_train_with_decreasing_loss(tiny_data
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", str(free_port()), "-m", "ffcv_bt.train.pretrain", "--config", str(recipe),
            "--out", str(out), "--optim.lr_weights=0.5", "--resolution.max_res=32",
-           "--resolution.start_ramp=1", "--resolution.end_ramp=3", "--resolution.multiple=8"]
+           "--resolution.start_ramp=1", "--resolution.end_ramp=3", "--resolution.multiple=8",
+           "--train.stop_vote_every=2"]  # a vote every other step: still the same stop batch
     proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline, signalled = time.time() + 300, False

@@ -98,6 +98,7 @@ def test_knn_gets_the_protocol_values(name, tiny_dataset, tmp_path, monkeypatch)
     spec = protocol_spec(name)["knn"]
     spy = LoaderSpy()
     monkeypatch.setattr(knn_module, "make_eval_loader", spy)
+    monkeypatch.setattr(knn_module, "_FEATURE_MEMO", {})  # no features kept by an earlier test
     monkeypatch.setattr(knn_module, "set_stage_threads", lambda *a: None)
     manifest = Manifest.read(tiny_dataset)
     classes = len(manifest.classes)
@@ -123,7 +124,7 @@ def test_knn_gets_the_protocol_values(name, tiny_dataset, tmp_path, monkeypatch)
         assert call["batch"] == spec["batch_size"] and call["res"] == spec["res"]
         assert call["resize_ratio"] == pytest.approx(spec["res"] / spec["resize"])
         assert np.array_equal(call["indices"], np.arange(manifest.num_images(split)))
-    assert votes == [{"k": spec["k"], "temperature": spec["temperature"]}]
+    assert votes == [{"k": spec["k"], "temperature": spec["temperature"], "sharded": True}]
     assert result["settings"]["k"] == spec["k"]
     assert result["settings"]["temperature"] == spec["temperature"]
     assert result["protocol_file"].endswith(f"protocols/{name}.yaml")
@@ -135,11 +136,12 @@ def test_knn_distinct_k_and_temperature(tiny_dataset, tmp_path, monkeypatch):
                                     "knn.res": 14, "knn.resize": 21})
     spy = LoaderSpy()
     monkeypatch.setattr(knn_module, "make_eval_loader", spy)
+    monkeypatch.setattr(knn_module, "_FEATURE_MEMO", {})  # no features kept by an earlier test
     monkeypatch.setattr(knn_module, "set_stage_threads", lambda *a: None)
     monkeypatch.setattr(knn_module, "extract_features",
                         lambda b, loader, d: (torch.eye(10), torch.arange(10)))
     votes = []
     monkeypatch.setattr(knn_module, "knn_accuracy", lambda *a, **kw: votes.append(kw) or (1.0, 2.0))
     knn_module._knn_stage(recipe, "random", tmp_path / "knn", DistInfo())
-    assert votes == [{"k": 3, "temperature": 0.5}]
+    assert votes == [{"k": 3, "temperature": 0.5, "sharded": True}]
     assert [(c["batch"], c["res"], c["resize_ratio"]) for c in spy.calls] == [(12, 14, 14 / 21)] * 2

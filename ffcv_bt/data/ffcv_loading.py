@@ -6,7 +6,11 @@ ffcv/pipeline/compiler.py): the Loader sets numba's AND torch's thread counts to
 count, at construction and again every epoch; numba refuses more threads than the process
 may run on (its CPU affinity: a SLURM task with 10 CPUs and 12 workers dies at start), and
 a garbage-collected numba dispatcher can print a harmless ``KeyError`` traceback from its
-finalizer (numba/core/dispatcher.py) between stages.
+finalizer (numba/core/dispatcher.py) between stages, and its batch thread
+(ffcv/loader/epoch_iterator.py) starts on CUDA device 0 whatever the rank's device: leaving
+its first ``torch.cuda.stream`` calls ``cudaSetDevice(0)``, a context on GPU 0 (~0.5 GB) in
+every rank >= 1. :class:`DeviceEpochIterator` gives the thread the device of the thread that
+began the epoch.
 """
 from __future__ import annotations
 
@@ -15,8 +19,11 @@ import queue
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from typing import Any, Iterator, Optional, Sequence
 
+import ffcv.loader.epoch_iterator as ffcv_epoch_iterator
+import ffcv.loader.loader as ffcv_loader
 import numba
 import numpy as np
 import torch
@@ -157,25 +164,53 @@ def build_loader(beton: str | os.PathLike, pipelines: dict[str, Any], *, batch_s
 
 
 class BufferGuard:
-    """Keeps FFCV's reused batch buffers safe from a non-blocking copy still in flight.
+    """Keeps FFCV's reused batch buffers safe from a non-blocking copy still in flight, and
+    lets the copies run beside the training step.
 
     FFCV fills a small ring of (pinned, on CUDA machines) batch buffers in a background
     thread and refills a buffer once the batch after it has been pulled. A non-blocking
     host-to-device copy out of a buffer must therefore be complete before the next batch is
     pulled. :meth:`copied` records a CUDA event right after the copies are queued and
     :meth:`wait` (called before pulling the next batch) waits for that event only: the copy
-    and what was queued before it, never the training step queued after it. On a CPU the
-    "copies" are synchronous and both calls do nothing.
+    and what was queued before it, never the training step queued after it. Copies queued
+    inside :meth:`side_stream` run on a stream of their own, so they overlap the step still
+    running on the compute stream; :meth:`copied` then makes the compute stream wait for them
+    (and tells the allocator the compute stream uses what they made). On a CPU the "copies"
+    are synchronous and every call does nothing.
     """
 
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = torch.device(device).type == "cuda"
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
         self._event: Any = None
+        self._side: Any = None
 
-    def copied(self) -> None:
-        if self.cuda:
-            self._event = torch.cuda.Event()
+    @contextmanager
+    def side_stream(self) -> Iterator[None]:
+        """Queue the copies made inside on the side stream (CUDA only); pass the tensors
+        they made to :meth:`copied` before any other use."""
+        if not self.cuda:
+            yield
+            return
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._side):
+            yield
+
+    def copied(self, *made_on_side: torch.Tensor) -> None:
+        """The batch's copies are queued: record the event :meth:`wait` waits for; after
+        :meth:`side_stream`, the compute stream waits for the copies."""
+        if not self.cuda:
+            return
+        self._event = torch.cuda.Event()
+        if self._side is None:
             self._event.record()
+            return
+        self._event.record(self._side)
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_stream(self._side)
+        for tensor in made_on_side:
+            tensor.record_stream(compute)
 
     def wait(self) -> None:
         if self._event is not None:
@@ -188,6 +223,26 @@ def default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+class DeviceEpochIterator(ffcv_epoch_iterator.EpochIterator):
+    """FFCV's epoch (a thread that decodes the batches) whose thread first sets the CUDA
+    device that was current where the epoch began (the rank's), before any CUDA call."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.cuda_device = torch.cuda.current_device() if ffcv_epoch_iterator.IS_CUDA else None
+        super().__init__(*args, **kwargs)  # starts the thread
+
+    def run(self) -> None:
+        if self.cuda_device is not None:
+            torch.cuda.set_device(self.cuda_device)
+        super().run()
+
+
+def use_rank_device_in_ffcv_threads() -> None:
+    """Make FFCV's Loader begin its epochs with :class:`DeviceEpochIterator` (once)."""
+    if not issubclass(ffcv_loader.EpochIterator, DeviceEpochIterator):
+        ffcv_loader.EpochIterator = DeviceEpochIterator
 
 
 def _is_numba_finalizer_keyerror(unraisable: Any) -> bool:
@@ -216,3 +271,4 @@ def drop_numba_finalizer_noise() -> None:
 
 
 drop_numba_finalizer_noise()
+use_rank_device_in_ffcv_threads()

@@ -227,21 +227,25 @@ class TwoViewLoader:
         try:
             for outputs in batches:
                 batch = dict(zip(self._outputs, outputs))
-                # Move whole uint8 batches (contiguous, pinned when CUDA is present), then slice.
-                images = batch["image"].to(self.device, non_blocking=True)
+                # Move whole uint8 batches (contiguous, pinned when CUDA is present), then slice;
+                # on CUDA the copies run on a side stream, beside the previous step.
+                with guard.side_stream():
+                    copies = [batch[name].to(self.device, non_blocking=True)
+                              for name in ("image", "image2") if name in batch]
+                    if self.with_labels:
+                        copies.append(labels_to_device(batch["label"], self.device))
+                guard.copied(*copies)  # the compute stream waits for them
                 if "image2" in batch:
-                    first = images[:, 0]
-                    second = batch["image2"].to(self.device, non_blocking=True)[:, 0]
+                    first, second = copies[0][:, 0], copies[1][:, 0]
                 else:
-                    first, second = images[:, 0], images[:, 1]
+                    first, second = copies[0][:, 0], copies[0][:, 1]
                 if "params" in batch:  # aug.device gpu: the remaining ops run here, on the device
                     first = augment_views(first, batch["params"][:, 0], self.solarize_threshold)
                     second = augment_views(second, batch["params"][:, 1], self.solarize_threshold)
                 views = (normalize_images(first, self.device, self.channels_last),
                          normalize_images(second, self.device, self.channels_last))
                 if self.with_labels:
-                    views += (labels_to_device(batch["label"], self.device),)
-                guard.copied()
+                    views += (copies[-1],)
                 yield views
                 guard.wait()  # before FFCV may refill the buffers this batch was copied from
         finally:

@@ -6,7 +6,12 @@ stopped when it saw the signal, a late rank would already be inside the next ste
 collectives while the others wait in the checkpoint barrier: a hang past the warning time,
 and no requeue if rank 0 is the late one. So the ranks agree: every step each rank
 contributes its flag to a MAX all-reduce over a CPU (gloo) group, and all stop after the
-same step. A CPU group keeps that agreement free of GPU synchronisation.
+same step. A CPU group keeps that agreement free of GPU synchronisation. The all-reduce blocks
+every rank until the slowest arrives, so with several ranks it runs every ``every`` steps
+(``train.stop_vote_every``) and at each epoch's last step, not after every step: ranks
+count steps alike, so they vote at the same steps, and a signal is acted on at most
+``every - 1`` steps late (SLURM's warning comes minutes ahead). Alone, there is nothing to
+agree on and the flag is read after every step.
 
 ``StopSignals`` is a context manager: it installs the handlers on entry and restores the
 previous ones on exit, so the next stage (an evaluation) is interruptible too. After the
@@ -38,10 +43,22 @@ def control_group() -> Any:
     return _CONTROL_GROUP
 
 
+def forget_control_group() -> None:
+    """Drop this module's reference to the control group, before the process group is
+    destroyed: a gloo group still referenced then is torn down at interpreter exit instead,
+    where its threads abort the process ("terminate called without an active exception",
+    SIGABRT after a finished run; seen in 1 of 3 two-rank runs)."""
+    global _CONTROL_GROUP
+    _CONTROL_GROUP = None
+
+
 class StopSignals:
     """Records stop signals; :meth:`agreed` tells every rank whether any rank got one."""
 
-    def __init__(self) -> None:
+    def __init__(self, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"the stop vote needs every >= 1 steps, got {every}")
+        self.every = every
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
         self._handed_over = False
@@ -70,12 +87,16 @@ class StopSignals:
     def _record(self, signum: int, frame: FrameType | None) -> None:  # noqa: ARG002
         self.received = signum
 
-    def agreed(self) -> int | None:
+    def agreed(self, step: int | None = None, last: bool = False) -> int | None:
         """The signal to stop for if ANY rank received one (a collective: call it on every
-        rank at the same point of every step); None to go on."""
+        rank at the same point of every step, with the same ``step`` count); None to go on.
+        With several ranks, only a ``step`` that is a multiple of ``every``, an epoch's
+        ``last`` step or no ``step`` votes; the others return None."""
         local = self.received or 0
         if world_size() == 1:
             return self.received
+        if step is not None and step % self.every and not last:
+            return None
         flag = torch.tensor([local], dtype=torch.int64)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=control_group())
         agreed = int(flag.item())

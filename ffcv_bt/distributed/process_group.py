@@ -18,6 +18,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from ffcv_bt.distributed.preemption import forget_control_group
 from ffcv_bt.errors import ConfigError
 
 
@@ -126,11 +127,18 @@ def process_group(backend: str = "auto") -> Iterator[DistInfo]:
     try:
         yield info
     except BaseException:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        destroy()
         raise
     if dist.is_initialized():
         dist.barrier()
+    destroy()
+
+
+def destroy() -> None:
+    """Destroy the process group (if any), after dropping the stop vote's reference to its
+    control group (``preemption.forget_control_group``)."""
+    forget_control_group()
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

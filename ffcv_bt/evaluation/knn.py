@@ -16,8 +16,11 @@ Backbones: a weights file, ``random``, or ``pixels`` (the normalised crops thems
 features: the floor any representation should beat; small images only, it stores every
 train image).
 
-Each rank extracts the features of a disjoint slice of the images; the slices are gathered
-and every rank holds all features (ImageNet-1k at 2048-d: ~10 GB, as DINO's kNN does).
+Each rank extracts the features of a disjoint slice of the images. The train features stay
+sharded: each rank scores every (gathered, small) query against its own slice and the
+per-slice k nearest are merged (``ffcv_bt.evaluation.neighbours``), so a rank holds
+1/world_size of the bank (ImageNet-1k at 2048-d: ~10 GB in all) and the result equals one
+process's. The logistic regression gathers all of them (:func:`all_rows`) for its fit.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from ffcv_bt.data.manifest import Manifest, beton_path
 from ffcv_bt.distributed.collectives import gather_rows
 from ffcv_bt.distributed.process_group import DistInfo
 from ffcv_bt.evaluation.backbone_weights import load_backbone, sha256_of
+from ffcv_bt.evaluation.neighbours import gather_candidates, merge_nearest, shard_nearest, shard_rows
 from ffcv_bt.stage.clock import StageClock
 from ffcv_bt.stage.mixed_precision import true_fp32
 from ffcv_bt.stage.provenance import device_description
@@ -44,12 +48,17 @@ from ffcv_bt.stage.skeleton import run_stage, set_stage_threads
 
 def knn_predict(train_features: Tensor, train_labels: Tensor, query_features: Tensor,
                 num_classes: int, k: int = 20, temperature: float = 0.07,
-                chunk_size: int = 256) -> Tensor:
+                chunk_size: int = 256, *, sharded: bool = False) -> Tensor:
     """Class scores (Q, C) of each query row: the sum of ``exp(cos / temperature)`` over its
-    ``min(k, N)`` most similar training rows, per training label.
+    ``min(k, N)`` most similar training rows, per training label (equal similarities: the
+    lower bank position first; ``ffcv_bt.evaluation.neighbours``).
 
     Computed on ``train_features``' device in its dtype (at least float32, TF32 off). Queries are taken
-    ``chunk_size`` at a time, so the similarity matrix in memory is ``chunk_size x N``.
+    ``chunk_size`` at a time against tiles of the bank, so the similarity matrix in memory is
+    ``chunk_size x min(N, neighbours.TILE_ROWS)``.
+    With ``sharded`` (a collective: every rank calls it), ``train_features`` are this rank's
+    rows of a bank made of every rank's rows in rank order, and every rank gets the scores
+    of the whole bank, equal to one process's on the gathered bank.
     """
     if train_features.ndim != 2 or query_features.ndim != 2:
         raise ValueError("knn_predict expects (N, D) train and (Q, D) query features, got "
@@ -63,33 +72,35 @@ def knn_predict(train_features: Tensor, train_labels: Tensor, query_features: Te
     if k < 1 or temperature <= 0 or chunk_size < 1:
         raise ValueError(f"need k >= 1, temperature > 0, chunk_size >= 1; got {k}, "
                          f"{temperature}, {chunk_size}")
-    if train_features.shape[0] == 0:
-        raise ValueError("knn_predict needs at least one training feature")
     device = train_features.device
+    offset, total = (shard_rows(train_features.shape[0], device) if sharded
+                     else (0, train_features.shape[0]))
+    if total == 0:
+        raise ValueError("knn_predict needs at least one training feature")
     dtype = torch.promote_types(train_features.dtype, torch.float32)
     train = F.normalize(train_features.to(dtype), dim=1)
     labels = train_labels.to(device=device, dtype=torch.int64)
-    k = min(k, train.shape[0])
-    scores = torch.zeros(query_features.shape[0], num_classes, device=device, dtype=dtype)
-    for start in range(0, query_features.shape[0], chunk_size):
-        queries = F.normalize(query_features[start:start + chunk_size].to(device, dtype), dim=1)
-        with true_fp32():
-            similarity, index = (queries @ train.T).topk(k, dim=1)
-        votes = (similarity / temperature).exp()
-        scores[start:start + queries.shape[0]].scatter_add_(1, labels[index], votes)
-    return scores
+    queries = F.normalize(query_features.to(device, dtype), dim=1)
+    k = min(k, total)
+    nearest = shard_nearest(train, labels, queries, k, offset, total, chunk_size)
+    if sharded:
+        nearest = merge_nearest(*gather_candidates(*nearest), k)
+    similarity, _, label = nearest
+    scores = torch.zeros(queries.shape[0], num_classes, device=device, dtype=dtype)
+    return scores.scatter_add_(1, label, (similarity / temperature).exp())
 
 
 def knn_accuracy(train_features: Tensor, train_labels: Tensor, query_features: Tensor,
                  query_labels: Tensor, num_classes: int, k: int = 20, temperature: float = 0.07,
-                 chunk_size: int = 256) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (percent) of :func:`knn_predict`'s scores.
+                 chunk_size: int = 256, *, sharded: bool = False) -> tuple[float, float]:
+    """Top-1 and top-5 accuracy (percent) of :func:`knn_predict`'s scores (``sharded``: see
+    there).
 
     Classes with equal scores rank by class index (lowest first), so results are
     deterministic.
     """
     scores = knn_predict(train_features, train_labels, query_features, num_classes, k,
-                         temperature, chunk_size)
+                         temperature, chunk_size, sharded=sharded)
     if query_labels.shape != (scores.shape[0],):
         raise ValueError(f"query_labels must have shape ({scores.shape[0]},), "
                          f"got {tuple(query_labels.shape)}")
@@ -185,8 +196,9 @@ def memo_features(recipe: Recipe, settings: Mapping[str, Any], weights: str, dat
 
 def split_features(recipe: Recipe, k: Mapping[str, Any], backbone: nn.Module, data_dir: Path,
                    split: str, num_images: int, dist: DistInfo) -> tuple[torch.Tensor, torch.Tensor]:
-    """All ranks' features and labels of ``split``, in a fixed order (rank slices in turn),
-    read as protocol section ``k`` says (its batch_size, res and resize)."""
+    """This rank's features and labels of ``split`` (its slice ``rank::world_size`` of the
+    images, on the CPU), read as protocol section ``k`` says (its batch_size, res and
+    resize); :func:`all_rows` gathers every rank's."""
     indices = np.arange(num_images)[dist.rank::dist.world_size]
     loader = make_eval_loader(str(beton_path(data_dir, split)),
                               max(1, k["batch_size"] // dist.world_size), "val",
@@ -194,15 +206,21 @@ def split_features(recipe: Recipe, k: Mapping[str, Any], backbone: nn.Module, da
                               resize_ratio=k["res"] / k["resize"], indices=indices,
                               in_memory=recipe.data.in_memory)
     set_stage_threads(dist, recipe.train.cpu_threads)
-    return gather_features(backbone, loader, dist)
+    return extract_features(backbone, loader, dist.device)
+
+
+def all_rows(features: Tensor, labels: Tensor, dist: DistInfo) -> tuple[Tensor, Tensor]:
+    """Every rank's rows in rank order, on every rank, on the CPU (identity alone)."""
+    if dist.world_size == 1:
+        return features, labels
+    return gather_rows(features.to(dist.device)).cpu(), gather_rows(labels.to(dist.device)).cpu()
 
 
 def gather_features(backbone: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
                     dist: DistInfo) -> tuple[Tensor, Tensor]:
     """``extract_features`` of this rank's ``batches``, then every rank's rows in rank order
     (on every rank, on the CPU)."""
-    features, labels = extract_features(backbone, batches, dist.device)
-    return gather_rows(features.to(dist.device)).cpu(), gather_rows(labels.to(dist.device)).cpu()
+    return all_rows(*extract_features(backbone, batches, dist.device), dist)
 
 
 def evaluate_knn(recipe: Recipe, weights: str, out_dir: str | Path, dist: DistInfo) -> dict[str, Any]:
@@ -221,11 +239,13 @@ def _knn_stage(recipe: Recipe, weights: str, out_dir: Path, dist: DistInfo) -> d
     clock.start()
     train_x, train_y, _ = memo_features(recipe, k, weights, data_dir, "train",
                                         manifest.num_images("train"), dist, backbone)
-    val_x, val_y, _ = memo_features(recipe, k, weights, data_dir, "val",
-                                    manifest.num_images("val"), dist, backbone)
+    val_x, val_y = all_rows(*memo_features(recipe, k, weights, data_dir, "val",
+                                           manifest.num_images("val"), dist, backbone)[:2], dist)
     compute_on = dist.device if dist.device.type == "cuda" else torch.device("cpu")
+    train_images = shard_rows(train_x.shape[0], compute_on)[1]
     top1, top5 = knn_accuracy(train_x.to(compute_on), train_y, val_x.to(compute_on), val_y,
-                              len(manifest.classes), k=k["k"], temperature=k["temperature"])
+                              len(manifest.classes), k=k["k"], temperature=k["temperature"],
+                              sharded=True)
     clock.stop()
     kind = weights if weights in ("random", PIXELS) else "pretrained"
     result = {
@@ -234,7 +254,7 @@ def _knn_stage(recipe: Recipe, weights: str, out_dir: Path, dist: DistInfo) -> d
         "device_seconds": clock.seconds, "device_hours": clock.device_hours,
         "checkpoint": weights,
         "checkpoint_sha256": None if kind != "pretrained" else sha256_of(weights),
-        "settings": {**k, "precision": "fp32", "train_images": int(train_x.shape[0]),
+        "settings": {**k, "precision": "fp32", "train_images": train_images,
                      "val_images": int(val_x.shape[0]), "feature_dim": int(train_x.shape[1])},
         "protocol_file": recipe.protocol_file, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **device_description(dist.device),

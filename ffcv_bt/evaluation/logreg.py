@@ -35,7 +35,7 @@ from ffcv_bt.config import Recipe
 from ffcv_bt.data.manifest import Manifest
 from ffcv_bt.distributed.process_group import DistInfo
 from ffcv_bt.evaluation.backbone_weights import sha256_of
-from ffcv_bt.evaluation.knn import PIXELS, features_key, frozen_backbone, memo_features
+from ffcv_bt.evaluation.knn import PIXELS, all_rows, features_key, frozen_backbone, memo_features
 from ffcv_bt.params import float_list
 from ffcv_bt.stage.clock import StageClock
 from ffcv_bt.stage.mixed_precision import true_fp32
@@ -152,6 +152,8 @@ def _logreg_stage(recipe: Recipe, weights: str, out_dir: Path, dist: DistInfo) -
                                              manifest.num_images("train"), dist, backbone)
     val_x, val_y, _ = memo_features(recipe, settings, weights, data_dir, "val",
                                     manifest.num_images("val"), dist, backbone)
+    train_x, train_y = all_rows(train_x, train_y, dist)  # the fit needs every rank's rows
+    val_x, val_y = all_rows(val_x, val_y, dist)
     compute_on = dist.device if dist.device.type == "cuda" else torch.device("cpu")
     mean, std = feature_moments(train_x.to(compute_on))
     train_x, val_x = (train_x.to(compute_on) - mean) / std, (val_x.to(compute_on) - mean) / std

@@ -9,7 +9,7 @@ beyond the common state (``checkpoint_extras`` / ``restore``).
 
 The skeleton owns the device and torch's threads, SyncBN / channels_last / DDP, autocast and
 the GradScaler, resume and save (model, optimiser, scaler, position, clock), the loop with
-the stop vote of every step (``StopSignals``), the stage clock and one ``Meter``.
+the stop vote (``StopSignals``, every ``train.stop_vote_every`` steps), the stage clock and one ``Meter``.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class StageTrainer:
         self.epoch = self.step = self.skip_batches = 0
         self.last_loss = math.nan
         self.clock = StageClock(self.device, dist.world_size, prior_seconds=self.resume())
-        self.stop = StopSignals()
+        self.stop = StopSignals(recipe.train.stop_vote_every)
         self.meter = Meter(self.out_dir, dist)
 
     # ----- what a subclass supplies ------------------------------------------------------
@@ -131,7 +131,9 @@ class StageTrainer:
         wrapped = model if trained is None else trained
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(wrapped, device_ids=ids)
+            # gradients are views into DDP's buckets: no copy in or out of them each step, one
+            # gradient-sized buffer less. static_graph stays off (docs/gpu.md).
+            wrapped = DistributedDataParallel(wrapped, device_ids=ids, gradient_as_bucket_view=True)
         return model, wrapped
 
     # ----- checkpoints ----------------------------------------------------------------
@@ -200,7 +202,7 @@ class StageTrainer:
 
     def train_epoch(self) -> float:
         """One epoch from batch ``skip_batches`` (a stopped epoch replays identically); its
-        mean loss. The stop vote runs after every step."""
+        mean loss. The stop vote runs after every ``train.stop_vote_every``-th step and the last."""
         self.model.train()
         self.begin_epoch()
         steps = self.steps_per_epoch()
@@ -219,7 +221,7 @@ class StageTrainer:
             self.meter.add(loss, self.step, n * self.dist.world_size, n if self.loss_per_image else 1)
             self.step += 1
             self.bar.update(1)
-            stop = self.stop.agreed()
+            stop = self.stop.agreed(self.step, last=index == steps - 1)
             if self.log_every and (stop or self.step % self.log_every == 0 or index == steps - 1):
                 self.log_window()
             if stop:

@@ -25,8 +25,9 @@ The monitor's time is its own clock (``monitor_device_hours`` in result.json, ke
 ``monitor_state.json`` across restarts); the pretraining clock is stopped while it runs.
 
 Several ranks: each extracts a disjoint slice of each subset with the kNN protocol's
-extraction (``ffcv_bt.evaluation.knn.gather_features``: frozen, eval mode, fp32, the slices
-gathered) and every rank computes the same numbers; rank 0 writes.
+extraction (frozen, eval mode, fp32). The val slices are gathered (the queries and the
+embeddings); the train slices stay sharded, each rank scoring the queries against its own
+(``knn_accuracy(..., sharded=True)``). Every rank computes the same numbers; rank 0 writes.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ from ffcv_bt.atomic_files import atomic_write, atomic_write_json
 from ffcv_bt.config import Recipe
 from ffcv_bt.data.manifest import Manifest, beton_path
 from ffcv_bt.distributed.process_group import DistInfo
-from ffcv_bt.evaluation.knn import gather_features, knn_accuracy
+from ffcv_bt.evaluation.knn import extract_features, gather_features, knn_accuracy
+from ffcv_bt.evaluation.neighbours import shard_rows
 from ffcv_bt.method.model import BarlowTwins
 from ffcv_bt.method.objective import correlation_terms
 from ffcv_bt.stage.clock import StageClock
@@ -211,11 +213,11 @@ class TrainingMonitor:
         return self.dist.device
 
     def _extract(self, model: BarlowTwins, split: str, embed: bool) -> dict[str, Tensor]:
-        """Backbone features and labels of the subset (all ranks'; the kNN protocol's
-        extraction), and with ``embed`` the projector embeddings of the images and of their
-        mirror images."""
+        """Backbone features and labels of the subset (the kNN protocol's extraction): this
+        rank's slice alone, or with ``embed`` all ranks' and the projector embeddings of the
+        images and of their mirror images."""
         if not embed:
-            features, labels = gather_features(model.backbone, self._loader(split), self.dist)
+            features, labels = extract_features(model.backbone, self._loader(split), self.device)
             return {"features": features, "labels": labels}
         both = _WithEmbeddings(model)
         rows, labels = gather_features(both, self._loader(split), self.dist)
@@ -254,7 +256,7 @@ class TrainingMonitor:
         num_classes = len(Manifest.read(self.recipe.data.dir).classes)
         top1, top5 = knn_accuracy(train["features"].to(compute_on), train["labels"],
                                   val["features"].to(compute_on), val["labels"], num_classes,
-                                  k=s["knn_k"], temperature=s["knn_temperature"])
+                                  k=s["knn_k"], temperature=s["knn_temperature"], sharded=True)
         z1, z2 = val["z1"].to(compute_on), val["z2"].to(compute_on)
         n, dim = z1.shape
         rank, std = rankme(z1), embedding_std(z1)
@@ -268,7 +270,8 @@ class TrainingMonitor:
             "val_loss": loss_cfg["scale_loss"] * (on_diag + loss_cfg["lambd"] * off_diag),
             "collapse": collapse_messages(rank, std, n, dim, s["collapse_rank_fraction"],
                                           s["collapse_std"]),
-            "train_images": int(train["features"].shape[0]), "val_images": int(n),
+            "train_images": shard_rows(train["features"].shape[0], compute_on)[1],
+            "val_images": int(n),
         }
 
     # ----- outputs ---------------------------------------------------------------------
