@@ -37,12 +37,29 @@ def test_resolution_rounds_halves_to_even_as_numpy() -> None:
     assert [resolution_at(e, 16, 32, 0, 4, multiple=8) for e in range(5)] == [16, 16, 24, 32, 32]
 
 
-def ffcv_resolution(epoch: int, r: dict) -> int:
-    """FFCV's train_imagenet.py get_resolution, written out (its multiple is 32)."""
-    if r["min_res"] == r["max_res"]:
-        return r["min_res"]
-    value = np.interp(epoch, [r["start_ramp"], r["end_ramp"]], [r["min_res"], r["max_res"]])
-    return int(np.round(value / r["multiple"])) * r["multiple"]
+def ffcv_resolution(epoch: int, min_res: int, max_res: int, end_ramp: int, start_ramp: int,
+                    multiple: int = 32) -> int:
+    """ffcv-imagenet's ``get_resolution`` (github.com/libffcv/ffcv-imagenet, train_imagenet.py)
+    as written there, branches and all; the one addition is ``multiple``, which it fixes at
+    32 (the small demo recipes round to 8)."""
+    assert min_res <= max_res
+    if epoch <= start_ramp:
+        return min_res
+    if epoch >= end_ramp:
+        return max_res
+    # otherwise, linearly interpolate to the nearest multiple of 32
+    interp = np.interp([epoch], [start_ramp, end_ramp], [min_res, max_res])
+    final_res = int(np.round(interp[0] / multiple)) * multiple
+    return final_res
+
+
+@pytest.mark.parametrize("ramp", [(160, 192, 76, 85), (160, 224, 10, 20), (128, 256, 0, 7),
+                                  (176, 192, 3, 4), (224, 224, 0, 0)], ids=str)
+def test_resolution_equals_ffcv_imagenets_get_resolution(ramp: tuple[int, int, int, int]) -> None:
+    min_res, max_res, start_ramp, end_ramp = ramp
+    for epoch in range(end_ramp + 5):
+        assert resolution_at(epoch, min_res, max_res, start_ramp, end_ramp) == ffcv_resolution(
+            epoch, min_res, max_res, end_ramp, start_ramp), (ramp, epoch)
 
 
 @pytest.mark.parametrize("path", sorted(RULES_DIR.glob("*.yaml")), ids=lambda p: p.name)
@@ -50,7 +67,8 @@ def test_every_recipe_rounds_as_ffcv_at_every_epoch(path: Path) -> None:
     recipe = load_recipe(path)
     r = recipe.resolution
     assert r["multiple"] == 32 or r["max_res"] < 64, "ImageNet recipes round as FFCV: to 32"
-    expected = [ffcv_resolution(e, r) for e in range(recipe.optim.epochs)]
+    expected = [ffcv_resolution(e, r["min_res"], r["max_res"], r["end_ramp"], r["start_ramp"],
+                                r["multiple"]) for e in range(recipe.optim.epochs)]
     assert [resolution_of_recipe(e, r) for e in range(recipe.optim.epochs)] == expected
     segments = resolution_segments(recipe)
     assert [res for first, last, res in segments for _ in range(first, last + 1)] == expected

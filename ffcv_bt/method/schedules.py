@@ -21,14 +21,16 @@ def resolution_at(epoch: int, min_res: int, max_res: int, start_ramp: int, end_r
                   multiple: int = 32) -> int:
     """Training resolution for ``epoch`` (0-based), rounded as FFCV's ImageNet code does.
 
-    FFCV's ``train_imagenet.py`` (and FFCV-SSL) use
-    ``int(np.round(np.interp(epoch, [start_ramp, end_ramp], [min_res, max_res]) / 32)) * 32``:
-    ``min_res`` until ``start_ramp``, a linear ramp to ``max_res`` at ``end_ramp``, rounded to
-    the NEAREST multiple (numpy rounds halves to even). A fixed resolution
-    (``min_res == max_res``) is returned as is, so a 28 px recipe needs no multiple of 32.
+    FFCV's ``train_imagenet.py`` (``get_resolution``; FFCV-SSL's too): ``min_res`` as is up to
+    ``start_ramp``, ``max_res`` as is from ``end_ramp``, and in between
+    ``int(np.round(np.interp(epoch, [start_ramp, end_ramp], [min_res, max_res]) / 32)) * 32``,
+    the NEAREST multiple (numpy rounds halves to even); ``multiple`` replaces its 32 for small
+    images. The held ends are not rounded, so a 28 px recipe needs no multiple of 32.
     """
-    if max_res == min_res:
+    if epoch <= start_ramp or max_res == min_res:
         return min_res
+    if epoch >= end_ramp:
+        return max_res
     res = np.interp(epoch, [start_ramp, end_ramp], [min_res, max_res])
     return int(np.round(res / multiple)) * multiple
 
