@@ -16,7 +16,7 @@ Convert.c; torchvision's transforms/_functional_pil.py):
   the shift is 0.
 - the four parts run in a uniformly random order (torchvision draws a permutation of 4).
 
-Results match Pillow bit for bit (tests/test_fidelity.py; tests/test_ops.py checks hue and
+Results match Pillow bit for bit (tests/augment/test_fidelity.py; tests/augment/test_ops.py checks hue and
 saturation on every one of the 2^24 colours). Each part is one pass over the view, in place
 (no temporary image): brightness and contrast blend with a constant level (contrast first
 reads the mean luma of the image it receives); all parts are per-pixel loops in float32 only
@@ -63,7 +63,7 @@ def pil_hue_saturation(r, g, b):
     quotient ``q = (maxc - mid) / c``, rounded once as Pillow's sum is; then ``h / 6`` (+ 1
     when negative) and ``* 255`` in float32. These float32 steps are not a general identity
     with Pillow's double ones, but give Pillow's H and S for every one of the 2^24 colours
-    (checked against Pillow in tests/test_ops.py). A gray pixel gets S = 0 from its zero
+    (checked against Pillow in tests/augment/test_ops.py). A gray pixel gets S = 0 from its zero
     chroma; its H is then unused (S = 0 maps back to gray whatever H is).
     """
     one = np.float32(1.0)
@@ -99,7 +99,7 @@ def pil_hsv_to_rgb(hue, saturation, value):
     The same levels in float32 with reciprocal products: 6 H / 255 is an integer or at
     least 1/255 from one, so ``+ 1e-3`` before truncation gives Pillow's sector exactly;
     the rest gives Pillow's levels for every one of the 2^24 (H, S, V) (checked against
-    Pillow in tests/test_ops.py). Only one of rising / falling is needed per sector
+    Pillow in tests/augment/test_ops.py). Only one of rising / falling is needed per sector
     (``middle``), and the channel roles follow from the sector's distance to the red and
     blue "lo" sectors (2.5 and 3.5) and green's "V" sectors (1.5).
     """

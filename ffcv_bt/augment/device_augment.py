@@ -9,7 +9,7 @@ draws as the numba path). The arithmetic is Pillow's, as in the numba ops
 (:mod:`ffcv_bt.augment.color_jitter`, :mod:`ffcv_bt.augment.blur`): float32 blends truncated to
 uint8, the 8-bit HSV round trip in Pillow's own float32/double steps, the extended box blur
 in 24-bit fixed point; each op equals PIL and the two loader paths agree to the level
-(tests/test_device_augment.py).
+(tests/augment/test_device_augment.py).
 
 Flip is left to the loader (it commutes with every op here), and the order is the
 reference's: jitter (its four parts in the sample's random order), grayscale, blur, solarize.

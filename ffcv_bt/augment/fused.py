@@ -15,7 +15,7 @@ loop measured slower (its branches keep the hue arithmetic from vectorising), so
 over the five separate ops is one FFCV op and one decision loop instead of five, not fewer
 pixel passes.
 Flip commutes with every pixel-wise op and with the (mirror-symmetric) blur, so the result
-is bit-identical to the five ops one after the other (tests/test_ops.py checks it).
+is bit-identical to the five ops one after the other (tests/augment/test_ops.py checks it).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ weights 1), WITHOUT the zero-initialised last BN of each residual branch that pr
 starts from: with it, every block of an untrained network is the identity (or a strided
 1x1 shortcut) and the pooled feature is nearly constant (across-image variance / squared
 mean 0.003 on 500 demo val images, against 0.078 for the standard init), a control that
-cannot win (tests/test_baselines.py::test_random_control_features_are_informative).
+cannot win (tests/evaluation/test_baselines.py::test_random_control_features_are_informative).
 
 Accepted files: our pretraining checkpoint (``checkpoint.pt``), our exported ``<arch>.pth``,
 or a torchvision ResNet state dict (its ``fc.*`` entries dropped; ``module.`` prefixes from

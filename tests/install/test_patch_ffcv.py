@@ -6,7 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("patch_ffcv", REPO / "install" / "patch_ffcv.py")
 patch_ffcv = importlib.util.module_from_spec(spec)
 sys.modules["patch_ffcv"] = patch_ffcv

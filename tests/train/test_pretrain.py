@@ -14,7 +14,7 @@ import pytest
 import torch
 from recipes import write_tiny_recipe
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
@@ -67,7 +67,7 @@ def _assert_same_backbone(first: Path, second: Path) -> dict[str, torch.Tensor]:
     return a
 
 
-@pytest.mark.slow  # the default suite: tests/test_schedule_in_loop.py (resume in process)
+@pytest.mark.slow  # the default suite: tests/train/test_schedule_in_loop.py (resume in process)
 @pytest.mark.timeout(900)
 def test_preempted_mid_epoch_resumes_to_the_uninterrupted_weights(tiny_dataset: Path,
                                                                  tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from ffcv_bt.data.label_subsets import balanced_subset, subset_from_file, subset
 from ffcv_bt.data.write import write_dataset
 from ffcv_bt.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RAW, JPG = 1, 0  # FFCV's stored image modes
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # Stands in for ``python -m bench.gpu_check``: starts a "torchrun" in a new session, which
 # starts a "worker"; both record their PIDs and sleep far past the cap.

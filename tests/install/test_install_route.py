@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FFCV_APT = ["pkg-config", "libopencv-dev", "libturbojpeg0-dev"]
 
 needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="no make")

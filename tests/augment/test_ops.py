@@ -134,7 +134,7 @@ def test_every_kernel_keeps_fastmath_off():
     (seen: 0.1% of all colours off after a hue rotation, up to 6 levels in the loader's
     jittered views). A direct call here would not show it (numba reuses the overload
     compiled first), so check the setting of every numba function in ffcv_bt.augment.
-    (tests/test_device_augment.py checks the loader's pixels themselves.)"""
+    (tests/augment/test_device_augment.py checks the loader's pixels themselves.)"""
     import importlib
     import pkgutil
 

@@ -1,6 +1,6 @@
 """The random DRAWS of the loader's augmentations, against the reference recipe.
 
-Tests of the kernels (tests/test_ops.py) cannot see a wrong distribution of parameters.
+Tests of the kernels (tests/augment/test_ops.py) cannot see a wrong distribution of parameters.
 These take the per-view ops exactly as the pretraining loader builds them
 (``pretrain_loader.view_transforms`` with rules/base.yaml's augmentations), ask each op
 for the decisions it makes for thousands of sample indices (``ViewOperation.draws``: the

@@ -22,7 +22,7 @@ from ffcv_bt.reporting.runs_csv import (
     relative_run_dir,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 def test_header_written_once_and_values_round_trip(tmp_path):
     csv_path = tmp_path / "runs.csv"
     for i in range(3):

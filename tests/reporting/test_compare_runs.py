@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ffcv_bt.reporting.compare_runs import compare_runs, config_differences
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _run_folder(root: Path, name: str, epochs: int, stages: str, results: dict[str, float]) -> Path:

@@ -19,7 +19,7 @@ from ffcv_bt.config import load_recipe
 from ffcv_bt.errors import CheckpointError
 from ffcv_bt.stage.checkpoints import load_checkpoint, previous_path, save_checkpoint
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 

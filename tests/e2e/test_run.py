@@ -1,5 +1,5 @@
-"""run.py end to end on real (tiny) data: stages, provenance, runs.csv, tables, plot,
-resume after a kill, and --dry-run for every recipe."""
+"""run.py end to end on real (tiny) data, in subprocesses as a user runs it: stages,
+provenance, runs.csv, tables, plot, resume after a kill."""
 from __future__ import annotations
 
 import json
@@ -15,40 +15,14 @@ import pytest
 from PIL import Image
 from recipes import write_tiny_recipe
 
-from ffcv_bt import runner
-from ffcv_bt.cli import run_command
-
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "run.py"), *args], env=ENV, cwd=REPO,
                           capture_output=True, text=True, **kw)
-
-
-def _dry_run(recipe: Path, capsys: pytest.CaptureFixture) -> str:
-    """run.py --dry-run in this process (run.py's own entry: ffcv_bt.cli.run_command)."""
-    capsys.readouterr()
-    code = run_command(runner.main, ["--config", str(recipe), "--dry-run"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    return out
-
-
-@pytest.mark.parametrize("recipe", sorted((REPO / "rules").glob("*.yaml")), ids=lambda p: p.name)
-def test_dry_run_every_recipe(recipe: Path, capsys: pytest.CaptureFixture) -> None:
-    out = _dry_run(recipe, capsys)
-    assert "resolution schedule" in out and "device-hours" in out
-    assert f"recipe {recipe.stem}" in out
-
-
-def test_dry_run_estimates_the_reference_cost(capsys: pytest.CaptureFixture) -> None:
-    out = _dry_run(REPO / "rules" / "1000ep.yaml", capsys)
-    line = next(l for l in out.splitlines() if l.strip().startswith("pretrain "))
-    hours = float(line.split(":")[1].split("device-hours")[0])
-    # 1000 epochs x 1,281,167 images at 132.4 images/s per V100 -> ~2,688 V100-hours
-    assert hours == pytest.approx(1000 * 1_281_167 / 132.4 / 3600, rel=1e-3)
 
 
 @pytest.mark.timeout(1500)

@@ -13,7 +13,7 @@ from typing import Callable
 import pytest
 from recipes import write_tiny_recipe
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 SECONDS = 60  # run.py in a new process: python + torch + ffcv imports on a loaded 2-core machine
 IN_PROCESS_SECONDS = 10  # the checks alone

@@ -14,7 +14,7 @@ from ffcv_bt.cli import run_command
 from ffcv_bt.data.image_folder import IMAGENET100_FILE, read_class_list
 from ffcv_bt.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COUNTS = {"train": {"ant": 3, "bee": 2, "cat": 4, "dog": 1}, "val": {"ant": 1, "bee": 2, "cat": 1,
                                                                      "dog": 1, "eel": 2}}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("build_ffcv_wheel", REPO / "install" / "build_ffcv_wheel.py")
 builder = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(builder)

@@ -15,7 +15,7 @@ from ffcv_bt.reporting.published import PUBLISHED, published_for
 from ffcv_bt.reporting.runs_csv import append_run_row, read_runs
 from ffcv_bt.reporting.tables import generate, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CPU = "cpu (Intel(R) Xeon(R) CPU @ 2.20GHz)"
 V100 = "Tesla V100-SXM2-32GB"
 A100 = "NVIDIA A100-SXM4-80GB"

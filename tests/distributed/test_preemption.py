@@ -125,6 +125,6 @@ def test_sigterm_after_the_last_vote_ends_the_process_as_before() -> None:
             "    os.kill(os.getpid(), signal.SIGTERM)\n"
             "print('survived', flush=True)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+                          timeout=120, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == -signal.SIGTERM, (done.returncode, done.stderr)
     assert "survived" not in done.stdout

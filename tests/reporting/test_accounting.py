@@ -127,7 +127,7 @@ def test_library_versions_match_imported_modules():
     assert versions["torchvision"] == importlib.metadata.version("torchvision")
     assert versions["numpy"] == numpy.__version__
     assert versions["python"] == platform.python_version()
-    requirements = Path(__file__).resolve().parents[1] / "requirements.txt"
+    requirements = Path(__file__).resolve().parents[2] / "requirements.txt"
     pins = dict(line.split("==") for line in requirements.read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
     for name in ("ffcv", "numba", "numpy", "torchvision"):
@@ -140,7 +140,7 @@ def test_library_versions_does_not_import_ffcv():
     code = ("import sys; from ffcv_bt.stage.provenance import library_versions; library_versions; "
             "print('ffcv' in sys.modules, 'numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                         text=True, cwd=Path(__file__).resolve().parents[1]).stdout.split()
+                         text=True, cwd=Path(__file__).resolve().parents[2]).stdout.split()
     assert out == ["False", "False"]
 
 

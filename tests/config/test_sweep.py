@@ -20,7 +20,7 @@ from ffcv_bt.reporting.frontier import configurations, generate, pareto_front
 from ffcv_bt.reporting.runs_csv import RUNS_COLUMNS, append_run_row, read_runs
 from ffcv_bt.sweep import load_sweep
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ffcv_bt import runner
+from ffcv_bt.cli import run_command
 from ffcv_bt.config import RULES_DIR, load_recipe
 from ffcv_bt.errors import ConfigError
 from ffcv_bt.method.schedules import resolution_of_recipe
@@ -212,3 +214,27 @@ def test_cost_of_a_progressive_recipe_against_a_hand_computed_one(tmp_path: Path
     line = next(l for l in plan.splitlines() if l.strip().startswith("pretrain "))
     assert int(line.split()[1].replace(",", "")) == round(IMAGENET_TRAIN_IMAGES * 133 / 49)
     assert "epochs    1-3    192 px" in plan and "epochs    0-0    160 px" in plan
+
+
+def _dry_run(recipe: Path, capsys: pytest.CaptureFixture) -> str:
+    """run.py --dry-run in this process (run.py's own entry: ffcv_bt.cli.run_command)."""
+    capsys.readouterr()
+    code = run_command(runner.main, ["--config", str(recipe), "--dry-run"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("recipe", sorted((RULES_DIR).glob("*.yaml")), ids=lambda p: p.name)
+def test_dry_run_every_recipe(recipe: Path, capsys: pytest.CaptureFixture) -> None:
+    out = _dry_run(recipe, capsys)
+    assert "resolution schedule" in out and "device-hours" in out
+    assert f"recipe {recipe.stem}" in out
+
+
+def test_dry_run_estimates_the_reference_cost(capsys: pytest.CaptureFixture) -> None:
+    out = _dry_run(RULES_DIR / "1000ep.yaml", capsys)
+    line = next(l for l in out.splitlines() if l.strip().startswith("pretrain "))
+    hours = float(line.split(":")[1].split("device-hours")[0])
+    # 1000 epochs x 1,281,167 images at 132.4 images/s per V100 -> ~2,688 V100-hours
+    assert hours == pytest.approx(1000 * 1_281_167 / 132.4 / 3600, rel=1e-3)

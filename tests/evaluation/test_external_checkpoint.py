@@ -15,7 +15,7 @@ from recipes import write_tiny_recipe
 
 from ffcv_bt.method.model import build_backbone
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.timeout(300)
