@@ -19,7 +19,7 @@ This builds the same extension directly with g++:
 
 The Debian packages come from the system when all are installed (``--from system``), else
 ``apt-get download`` + ``dpkg -x`` into the work folder (``--from debs``; no root needed).
-The sdist comes from ``pip download`` unless ``--sdist`` names it. Needs g++ and Python headers.
+The sdist comes from PyPI (sha256 checked) unless ``--sdist`` names it. Needs g++ and Python headers.
 
 Usage: python install/build_ffcv_wheel.py [--out wheelhouse] [--work build/ffcv-wheel]
                                           [--from auto|system|debs] [--sdist ffcv-1.0.2.tar.gz]
@@ -37,6 +37,7 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -55,6 +56,10 @@ HIDDEN void *glXGetCurrentDisplay(void) { return 0; }
 HIDDEN void *glXGetProcAddressARB(const unsigned char *) { return 0; }
 }
 """
+# ffcv 1.0.2's sdist as PyPI lists it (https://pypi.org/simple/ffcv/)
+SDIST_URL = ("https://files.pythonhosted.org/packages/db/95/"
+             "de56ae69d42c65fe04e408cd27a3e62a925fb576f0f2330a2b3588e488d5/ffcv-1.0.2.tar.gz")
+SDIST_SHA256 = "42766a487c8a659b543d070f24732c4b65aab8d96980f5792c63e91e55511f00"
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so that the same inputs give the same wheel
 
 
@@ -97,13 +102,25 @@ def debian_root(work: Path, source: str) -> Path:
 
 
 def fetch_sdist(work: Path) -> Path:
-    """ffcv's sdist from the package index (pip download)."""
-    found = sorted(work.glob(f"ffcv-{VERSION}.tar.gz"))
-    if found:
-        return found[0]
-    run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-         f"ffcv=={VERSION}", "-d", str(work)])
-    return work / f"ffcv-{VERSION}.tar.gz"
+    """ffcv's sdist, downloaded from PyPI's file host and checked against its published sha256.
+
+    Not ``pip download``: pip prepares an sdist's metadata by running its setup.py, and
+    ffcv's asks pkg-config for OpenCV there, so it fails on exactly the machines this
+    build is for (no OpenCV development package installed)."""
+    target = work / f"ffcv-{VERSION}.tar.gz"
+    if not target.is_file():
+        print(f"downloading {SDIST_URL}")
+        try:
+            with urllib.request.urlopen(SDIST_URL, timeout=120) as response:
+                data = response.read()
+        except OSError as exc:
+            sys.exit(f"could not download {SDIST_URL} ({exc}); fetch it elsewhere and pass --sdist")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != SDIST_SHA256:
+            sys.exit(f"{SDIST_URL}: sha256 {digest}, expected {SDIST_SHA256}")
+        work.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return target
 
 
 def load_patcher():
@@ -244,7 +261,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--work", type=Path, default=Path("build/ffcv-wheel"), help="scratch folder")
     parser.add_argument("--from", dest="source", choices=["auto", "system", "debs"], default="auto",
                         help="Debian packages: installed ones, or apt-get download (auto: installed if all are)")
-    parser.add_argument("--sdist", type=Path, help="ffcv-1.0.2.tar.gz (default: pip download)")
+    parser.add_argument("--sdist", type=Path, help="ffcv-1.0.2.tar.gz (default: downloaded from PyPI)")
     args = parser.parse_args(argv)
     build(args.out, args.work, args.source, args.sdist)
     return 0

@@ -55,6 +55,26 @@ def test_package_files_follow_find_packages(tmp_path: Path) -> None:
     assert sorted(builder.package_files(tmp_path)) == ["ffcv/__init__.py", "ffcv/a/__init__.py", "ffcv/a/m.py"]
 
 
+class _Response(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def test_fetch_sdist_checks_the_published_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sdist is downloaded, not prepared by pip (whose metadata step runs ffcv's
+    setup.py, which needs OpenCV's pkg-config files), and kept only with PyPI's sha256."""
+    payload = b"not ffcv"
+    monkeypatch.setattr(builder.urllib.request, "urlopen", lambda url, timeout: _Response(payload))
+    with pytest.raises(SystemExit, match="sha256"):
+        builder.fetch_sdist(tmp_path)
+    assert not (tmp_path / "ffcv-1.0.2.tar.gz").exists()
+    monkeypatch.setattr(builder, "SDIST_SHA256", hashlib.sha256(payload).hexdigest())
+    assert builder.fetch_sdist(tmp_path).read_bytes() == payload
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (shutil.which("g++") and shutil.which("objdump") and shutil.which("readelf")):
