@@ -15,6 +15,8 @@ Example (rules/sweeps/demo-frontier.yaml)::
     stages: pretrain,knn,linear
     epochs: [2, 4, 8, 16, 32]
     warmup_fraction: 0.1          # optim.warmup_epochs = fraction x epochs (optional)
+    epoch_fractions:              # any epoch-valued key as a fraction of the run (optional)
+      supervised.lr_peak_epoch: 0.125
     controls: first               # controls and pixel floor: first | each-lever | every-point
     levers:
       fixed-32px: {}
@@ -33,8 +35,8 @@ from typing import Callable
 from ffcv_bt.config import Recipe, load_recipe, read_yaml
 from ffcv_bt.errors import ConfigError
 
-SWEEP_KEYS = {"recipe", "seeds", "stages", "epochs", "warmup_fraction", "controls", "levers",
-              "overrides"}
+SWEEP_KEYS = {"recipe", "seeds", "stages", "epochs", "warmup_fraction", "epoch_fractions",
+              "controls", "levers", "overrides"}
 LEVER_KEYS = {"overrides", "ramp", "epochs"}
 # where the random-init controls and the pixel floor are evaluated: the sweep's first point,
 # the first point of each lever (levers that change the network need their own control), or all
@@ -91,7 +93,11 @@ def load_sweep(path: str | Path) -> Sweep:
     levers = spec["levers"]
     _expect(isinstance(levers, dict) and levers, path, "levers: a non-empty mapping")
     common = {k: str(v) for k, v in (spec.get("overrides") or {}).items()}
-    warmup = spec.get("warmup_fraction")
+    fractions = dict(spec.get("epoch_fractions") or {})
+    _expect(all(isinstance(v, (int, float)) and v >= 0 for v in fractions.values()), path,
+            f"epoch_fractions: non-negative numbers, got {fractions!r}")
+    if spec.get("warmup_fraction") is not None:
+        fractions["optim.warmup_epochs"] = spec["warmup_fraction"]
     points = []
     for lever, body in levers.items():
         body = body or {}
@@ -102,8 +108,8 @@ def load_sweep(path: str | Path) -> Sweep:
         for e in body.get("epochs", epochs):
             overrides = {**common, **{k: str(v) for k, v in (body.get("overrides") or {}).items()},
                          "optim.epochs": str(e)}
-            if warmup is not None:
-                overrides["optim.warmup_epochs"] = str(float(warmup) * e)
+            for key, fraction in fractions.items():
+                overrides[key] = str(float(fraction) * e)
             if "ramp" in body:
                 start, end = body["ramp"]
                 _expect(0 <= start <= end <= 1, path, f"levers.{lever}.ramp: 0 <= start <= end <= 1")
@@ -155,30 +161,41 @@ def point_finished(run_dir: Path, stages: list[str] | tuple[str, ...] = ()) -> b
 def run_sweep(path: str | Path, args: argparse.Namespace, overrides: dict[str, str],
               run: Callable[[Recipe, Path, Path], int]) -> int:
     """Run every point of the sweep through ``run(recipe, out, results_dir)``
-    (runner.run_recipe); ``overrides`` from the command line apply to every point (and are
-    part of its configuration)."""
+    (runner.run_recipe), once per seed not yet finished; ``overrides`` from the command line
+    apply to every point (and are part of its configuration). ``run.seeds`` (``--seeds``)
+    picks a subset of the sweep's seeds: two processes given different seeds share one
+    sweep's folders and runs.csv (rows are appended under a lock)."""
     sweep = load_sweep(path)
     if args.dry_run:
         print(describe(sweep))
         return 0
+    seeds = sweep.seeds
+    if "run.seeds" in overrides:
+        seeds = [int(s) for s in overrides["run.seeds"].split(",") if s.strip()]
+        if not seeds or set(seeds) - set(sweep.seeds):
+            raise ConfigError(f"{path}: --seeds {overrides['run.seeds']!r} must be a subset of "
+                              f"the sweep's seeds {sweep.seeds}")
     extra = {k: v for k, v in overrides.items() if k not in ("run.stages", "run.seeds")}
     for key, value in extra.items():
         load_recipe(sweep.recipe, {**sweep.points[0].overrides, key: value})
     results_dir = Path(args.results_dir)
     root = results_dir / "runs" / sweep.name
-    seeds = ",".join(str(s) for s in sweep.seeds)
     for i, point in enumerate(sweep.points, 1):
         out = root / point.folder
         recipe = (_point_recipe(sweep.recipe, {**point.overrides, **extra}, sweep.stages, sweep.seeds)
                   if extra else point.recipe)
         keys = stage_keys(recipe)
-        folders = [out / f"seed-{s}" for s in sweep.seeds] if len(sweep.seeds) > 1 else [out]
+        # one seed-<s> sub-folder per seed when the sweep has several (as run.py --out makes)
+        folders = {s: out / f"seed-{s}" if len(sweep.seeds) > 1 else out for s in seeds}
+        pending = [s for s in seeds if not point_finished(folders[s], keys)]
         label = f"[{i}/{len(sweep.points)}] {sweep.run_name(point)} {point.epochs} epochs"
-        if all(point_finished(f, keys) for f in folders):
+        if not pending:
             print(f"{label}: finished, skipped", flush=True)
             continue
-        print(f"{label}: running seeds {seeds} into {out}", flush=True)
-        run(recipe.named(sweep.run_name(point)), out, results_dir)
+        for seed in pending:
+            print(f"{label}: running seed {seed} into {folders[seed]}", flush=True)
+            seeded = recipe.with_overrides({"run.seeds": str(seed)}).named(sweep.run_name(point))
+            run(seeded, folders[seed], results_dir)
     return 0
 
 

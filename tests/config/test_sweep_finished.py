@@ -11,6 +11,7 @@ import pytest
 from recipes import write_tiny_recipe
 
 from ffcv_bt.config import Recipe
+from ffcv_bt.errors import ConfigError
 from ffcv_bt.sweep import run_sweep
 
 SWEEP = """seeds: "{seeds}"
@@ -45,17 +46,22 @@ def _run_json(folder: Path, stages: list[str], finished: bool = True) -> None:
     (folder / "run.json").write_text(json.dumps(meta))
 
 
-def _sweep(path: Path, results: Path) -> list[str]:
-    """Run the sweep with a fake run; return the out folder of every point it ran."""
-    calls: list[Path] = []
+def _sweep(path: Path, results: Path, overrides: dict[str, str] | None = None) -> list[str]:
+    """Run the sweep with a fake run; return the folder (under the sweep's) of every call,
+    after checking that the recipe it got runs that folder's seed only."""
+    calls: list[str] = []
+    root = results / "runs" / path.stem
 
     def run(recipe: Recipe, out: Path, results_dir: Path) -> int:
-        calls.append(out)
+        if out.name.startswith("seed-"):
+            assert recipe.seeds == [int(out.name.removeprefix("seed-"))]
+        assert recipe.name == f"{path.stem}.fixed" and results_dir == results
+        calls.append(str(out.relative_to(root)))
         return 0
 
     args = argparse.Namespace(dry_run=False, results_dir=str(results), debug=False)
-    assert run_sweep(path, args, {}, run) == 0
-    return [out.name for out in calls]
+    assert run_sweep(path, args, overrides or {}, run) == 0
+    return calls
 
 
 def test_nothing_done_runs_every_point(sweep_file, tmp_path):
@@ -98,11 +104,11 @@ def test_point_finished_for_some_seeds_resumes(sweep_file, tmp_path):
         _run_json(runs / "fixed-e1" / f"seed-{seed}", KEYS_E1)
     _run_json(runs / "fixed-e2" / "seed-0", KEYS_E2)
     _run_json(runs / "fixed-e2" / "seed-1", KEYS_E2, finished=False)  # seed 2: no folder yet
-    assert _sweep(sweep_file(seeds="0,1,2"), tmp_path / "results") == ["fixed-e2"]
+    assert _sweep(sweep_file(seeds="0,1,2"), tmp_path / "results") == ["fixed-e2/seed-1", "fixed-e2/seed-2"]
     _run_json(runs / "fixed-e2" / "seed-1", KEYS_E2)
-    assert _sweep(sweep_file(seeds="0,1,2"), tmp_path / "results") == ["fixed-e2"]
+    assert _sweep(sweep_file(seeds="0,1,2"), tmp_path / "results") == ["fixed-e2/seed-2"]
     _run_json(runs / "fixed-e2" / "seed-2", ["pretrain", "knn"])  # seed 2 lacks linear
-    assert _sweep(sweep_file(seeds="0,1,2"), tmp_path / "results") == ["fixed-e2"]
+    assert _sweep(sweep_file(seeds="0,1,2"), tmp_path / "results") == ["fixed-e2/seed-2"]
     _run_json(runs / "fixed-e2" / "seed-2", KEYS_E2)
     assert _sweep(sweep_file(seeds="0,1,2"), tmp_path / "results") == []
 
@@ -113,7 +119,8 @@ def test_single_seed_folder_is_not_read_as_every_seed(sweep_file, tmp_path):
     runs = tmp_path / "results" / "runs" / "tiny-sweep"
     _run_json(runs / "fixed-e1", KEYS_E1)
     _run_json(runs / "fixed-e2", KEYS_E2)
-    assert _sweep(sweep_file(seeds="0,1,2"), tmp_path / "results") == ["fixed-e1", "fixed-e2"]
+    assert _sweep(sweep_file(seeds="0,1,2"), tmp_path / "results") == [
+        f"fixed-e{e}/seed-{s}" for e in (1, 2) for s in (0, 1, 2)]
 
 
 def test_stages_of_the_sweep_decide(sweep_file, tmp_path):
@@ -122,3 +129,14 @@ def test_stages_of_the_sweep_decide(sweep_file, tmp_path):
     _run_json(runs / "fixed-e1", ["pretrain", "knn", "knn-random", "knn-pixels"])
     _run_json(runs / "fixed-e2", ["pretrain", "knn"])
     assert _sweep(sweep_file(stages="pretrain,knn"), tmp_path / "results") == []
+
+
+def test_seeds_subset_runs_only_those_seeds(sweep_file, tmp_path):
+    # two processes may split a sweep by seed (run.py --sweep F --seeds 1,2)
+    runs = tmp_path / "results" / "runs" / "tiny-sweep"
+    _run_json(runs / "fixed-e1" / "seed-1", KEYS_E1)
+    path = sweep_file(seeds="0,1,2")
+    assert _sweep(path, tmp_path / "results", {"run.seeds": "1,2"}) == [
+        "fixed-e1/seed-2", "fixed-e2/seed-1", "fixed-e2/seed-2"]
+    with pytest.raises(ConfigError, match="subset of the sweep's seeds"):
+        _sweep(path, tmp_path / "results", {"run.seeds": "3"})

@@ -2,6 +2,7 @@
 writes with: tables aggregated over seeds, published rows, the plot."""
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 
@@ -302,3 +303,44 @@ def test_cli_regenerates_and_says_where(tmp_path, capsys):
     out = capsys.readouterr().out
     assert str(tmp_path / "README.md") in out and str(tmp_path / "cost_accuracy.png") in out
     assert "`bt100`" in (tmp_path / "README.md").read_text()
+
+
+# ----------------------------------------------------------------- every cell by hand
+def _table_row(seed: int, protocol: str, backbone: str, top1: float, top5: float,
+               pretrain: float, evaluation: float, sha: str = "abc1234") -> dict:
+    return {"run_id": f"r-s{seed}", "recipe": "r", "dataset": "toy", "dataset_classes": 10,
+            "dataset_train_images": 1000, "seed": seed, "protocol": protocol,
+            "backbone": backbone, "epochs": 4 if backbone == "pretrained" else 0,
+            "top1": top1, "top5": top5, "best_top1": top1 + 1.0,
+            "pretrain_gpu_hours": pretrain,
+            "pretrain_epoch_equivalents": 4.0 if backbone == "pretrained" else 0.0,
+            "eval_gpu_hours": evaluation, "device": "cpu (test)", "n_devices": 1,
+            "git_sha": sha, "finished_at": "", "run_dir": f"/nonexistent/r-s{seed}"}
+
+
+def test_every_cell_of_a_results_table(tmp_path):
+    rows = []
+    # linear top-1 70, 71, 75: mean 72, sample variance (4 + 1 + 9) / 2 = 7;
+    # top-5 90, 92, 94: mean 92, sd 2; best top-1 71, 72, 76: mean 73
+    # pretraining 1, 2, 3 h -> 2 per run; linear evaluation 0.5 h each -> total 2.5;
+    # kNN evaluation 10 h each -> its own table's total 12, never the linear one's
+    for seed, (lin, top5, hours) in enumerate([(70.0, 90.0, 1.0), (71.0, 92.0, 2.0),
+                                               (75.0, 94.0, 3.0)]):
+        rows.append(_table_row(seed, "linear", "pretrained", lin, top5, hours, 0.5))
+        rows.append(_table_row(seed, "knn", "pretrained", lin - 10, top5, hours, 10.0))
+    rows.append(_table_row(0, "linear", "random", 20.0, 50.0, 0.0, 0.25))  # the control: apart
+    readme = write(tmp_path, rows)
+    linear, _ = tables(readme, "Linear probe")
+    ours, control = linear
+    assert ours["top-1"] == f"72.00 ± {math.sqrt(7):.2f} (n=3)" == "72.00 ± 2.65 (n=3)"
+    assert ours["top-5"] == "92.00 ± 2.00 (n=3)"
+    assert ours["best top-1 (mean)"] == "73.00"
+    assert ours["seeds"] == "0, 1, 2" and ours["epochs"] == "4" and ours["device"] == "1x cpu (test)"
+    assert ours["pretrain device-h per run (mean)"] == "2.00"
+    assert ours["total device-h per run (mean)"] == "2.50"
+    assert ours["cost vs baseline"] == "—" and ours["Δ top-1 vs paper (pp)"] == "—"  # not ImageNet
+    assert control["backbone"] == "random init (control)" and control["top-1"] == "20.00 ± — (n=1)"
+    assert control["pretrain device-h per run (mean)"] == "0"
+    assert control["total device-h per run (mean)"] == "0.250"
+    (knn,), _ = tables(readme, "kNN")
+    assert knn["top-1"] == "62.00 ± 2.65 (n=3)" and knn["total device-h per run (mean)"] == "12.0"
