@@ -154,3 +154,54 @@ def test_a_lever_rerun_by_other_code_is_another_configuration(tmp_path) -> None:
     floors = controls(read(csv_path), "sw")
     assert {k: v.mean for k, v in floors.items()} == {("lever @ aaaaaaa", "knn", "random"): 20.0,
                                                       ("lever @ bbbbbbb", "knn", "random"): 60.0}
+
+
+def test_what_pretraining_beats_by_hand(runs):
+    """Margins in sd over the larger of the two stds (pixels: ours alone), shares of the
+    ceiling and the crossings, worked out from the fixture's rows."""
+    text = markdown(configurations(runs, "sw"), controls(runs, "sw"), "sw")
+    section = text.split("## What pretraining beats")[1].split("Controls (")[0]
+    rows = [line for line in section.splitlines() if line.startswith(("| a ", "| b "))]
+    assert rows == [
+        # a-e2 kNN 63 ± sqrt(13) = 3.61; control 19 ± 1.41: +44 / 3.61 = 12.2 sd;
+        # pixels 80 ± 0: -17 / 3.61 = -4.7 sd; ceiling 76: 63 / 76 = 82.9%
+        "| a | 2 | kNN | 63.00 ± 3.61 (n=3) | +44.00 (12.2 sd) | -17.00 (-4.7 sd) | 82.9% |",
+        # linear control 11 ± 1.41; ours 52 ± 2: +41 / 2 = 20.5 sd; no pixels, no ceiling
+        "| a | 2 | linear | 52.00 ± 2.00 (n=3) | +41.00 (20.5 sd) | — | — |",
+        # 70 ± 1: +51 / 1.41 = 36.1 sd; -10 / 1 = -10.0 sd
+        "| a | 4 | kNN | 70.00 ± 1.00 (n=3) | +51.00 (36.1 sd) | -10.00 (-10.0 sd) | — |",
+        "| a | 4 | linear | 58.00 ± 1.00 (n=3) | +47.00 (33.2 sd) | — | — |",
+        # b: control 30 and pixels 70 have n = 1 (no std): ours 65 ± 1.41 counts alone
+        "| b | 2 | kNN | 65.00 ± 1.41 (n=2) | +35.00 (24.7 sd) | -5.00 (-3.5 sd) | — |",
+        "| b | 2 | linear | 50.00 ± n/a (n=1) | — | — | — |",
+    ]
+    assert ("- a, kNN: above the random-init control by > 3 sd from 2 epochs; above the raw-pixel "
+            "floor by > 3 sd at no point up to 4 epochs; at or above the supervised ceiling at no "
+            "point up to 4 epochs.") in section
+    assert "- a, linear: above the random-init control by > 3 sd from 2 epochs." in section
+    assert ("- b, kNN: above the random-init control by > 3 sd from 2 epochs; above the raw-pixel "
+            "floor by > 3 sd at no point up to 2 epochs.") in section
+    assert "- b, linear" not in section  # nothing to compare it with
+
+
+def test_margin_edge_cases() -> None:
+    from ffcv_bt.reporting.aggregate import Stat
+    from ffcv_bt.reporting.frontier import margin
+
+    assert margin(Stat(10.0, 2.0, 3), Stat(4.0, 3.0, 3)) == pytest.approx(2.0)  # 6 / max(2, 3)
+    assert margin(Stat(10.0, None, 1), Stat(4.0, None, 1)) is None  # no spread to measure in
+    assert margin(Stat(10.0, 0.0, 3), Stat(4.0, 0.0, 3)) == math.inf  # identical seeds, higher
+    assert margin(Stat(4.0, 0.0, 3), Stat(4.0, 0.0, 3)) == 0.0
+
+
+def test_levers_the_sweep_no_longer_lists_are_set_apart(runs, tmp_path: Path) -> None:
+    from ffcv_bt.reporting.frontier import generate
+
+    csv = tmp_path / "runs.csv"
+    runs.to_csv(csv, index=False)
+    table = generate(csv, "sw", tmp_path / "f.md", levers=["a"])
+    assert sorted(set(table["lever"])) == ["a"]
+    current, earlier = (tmp_path / "f.md").read_text().split("## Earlier configurations")
+    assert "| b | 2 |" not in current and "- b:" not in current  # nor its controls
+    assert "| b | 2 | 1.00 | 0.001 | 0.1200 | 65.00 ± 1.41 (n=2) | 50.00 ± n/a (n=1) |" in earlier
+    assert (tmp_path / "f.png").is_file()
