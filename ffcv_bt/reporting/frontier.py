@@ -5,7 +5,9 @@
 (lever x epochs) with mean ± sample std and n over seeds per protocol, the measured
 pretraining device-hours, the noise-free compute (epochs-equivalent at the maximum
 resolution x train images, from the ``pretrain_epoch_equivalents`` column) and whether the
-configuration is on the Pareto frontier of accuracy vs compute.
+configuration is on the Pareto frontier of accuracy vs compute; then what pretraining beats
+at each point (the random-init control, the raw-pixel floor, the supervised ceiling: each
+difference with its margin in standard deviations) and where it first crosses each.
 """
 from __future__ import annotations
 
