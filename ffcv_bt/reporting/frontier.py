@@ -150,7 +150,11 @@ def _difference_cell(ours: Stat, other: Stat | None) -> str:
 
 def comparisons(table: pd.DataFrame, floor: dict[tuple[str, str, str], Stat]) -> list[dict]:
     """Per configuration and protocol: pretrained vs the lever's random-init control, its
-    raw-pixel floor and the point's supervised ceiling (None where one was not measured)."""
+    raw-pixel floor and the point's supervised ceiling (None where one was not measured).
+    A lever without controls of its own (``controls: first``: they ran once, with another
+    lever on the same network) is compared with the sweep's, when only one lever has them."""
+    owners = {lever for lever, _, _ in floor}
+    shared = {(p, b): stat for (_, p, b), stat in floor.items()} if len(owners) == 1 else {}
     out = []
     for _, r in table.iterrows():
         for p in _present(table):
@@ -159,8 +163,9 @@ def comparisons(table: pd.DataFrame, floor: dict[tuple[str, str, str], Stat]) ->
                 continue
             ceiling = r.get(f"supervised_{p}")
             out.append({"lever": r["lever"], "epochs": int(r["epochs"]), "protocol": p, "ours": ours,
-                        "control": floor.get((r["lever"], p, "random")),
-                        "pixels": floor.get((r["lever"], p, "pixels")), "ceiling": ceiling})
+                        "control": floor.get((r["lever"], p, "random"), shared.get((p, "random"))),
+                        "pixels": floor.get((r["lever"], p, "pixels"), shared.get((p, "pixels"))),
+                        "ceiling": ceiling})
     return out
 
 

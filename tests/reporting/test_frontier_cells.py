@@ -205,3 +205,19 @@ def test_levers_the_sweep_no_longer_lists_are_set_apart(runs, tmp_path: Path) ->
     assert "| b | 2 |" not in current and "- b:" not in current  # nor its controls
     assert "| b | 2 | 1.00 | 0.001 | 0.1200 | 65.00 ± 1.41 (n=2) | 50.00 ± n/a (n=1) |" in earlier
     assert (tmp_path / "f.png").is_file()
+
+
+def test_a_lever_without_controls_uses_the_sweep_s_only_ones(runs) -> None:
+    # drop lever b's own controls: with one lever holding controls (controls: first), b is
+    # compared with a's (19 ± 1.41 kNN control, 80 pixels); with two owners nothing is shared
+    from ffcv_bt.reporting.frontier import comparisons
+
+    table = configurations(runs, "sw")
+    only_a = {k: v for k, v in controls(runs, "sw").items() if k[0] == "a"}
+    b_knn = next(c for c in comparisons(table, only_a) if (c["lever"], c["protocol"]) == ("b", "knn"))
+    assert (b_knn["control"].mean, b_knn["pixels"].mean) == (19.0, 80.0)
+    both = controls(runs, "sw")
+    b_knn = next(c for c in comparisons(table, both) if (c["lever"], c["protocol"]) == ("b", "knn"))
+    assert (b_knn["control"].mean, b_knn["pixels"].mean) == (30.0, 70.0)
+    b_linear = next(c for c in comparisons(table, both) if (c["lever"], c["protocol"]) == ("b", "linear"))
+    assert b_linear["control"] is None  # a's linear control is not b's: two levers own controls
