@@ -51,9 +51,9 @@ gpu-check:
 	$(GPU_PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 # The demo's cost-accuracy frontier (rules/sweeps/demo-frontier.yaml): one process per seed
-# (1 torch thread and 1 loader worker each, which one process alone leaves the second core
-# mostly idle with), each logging to results/runs/demo-frontier/seed-<s>.log. Timings of
-# the points on a 2-core AMD EPYC: docs/demo.md.
+# (1 torch thread and 1 loader worker each: one such process alone leaves the second core
+# mostly idle), each logging to results/runs/demo-frontier/seed-<s>.log. Timings of the
+# points on a 2-core AMD EPYC: docs/demo.md.
 FRONTIER_SEEDS ?= 0 1 2
 frontier: $(STAMP)
 	test -f $(DEMO_OUT)/manifest.json || \
