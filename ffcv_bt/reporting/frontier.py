@@ -156,8 +156,9 @@ def comparisons(table: pd.DataFrame, floor: dict[tuple[str, str, str], Stat]) ->
     owners = {lever for lever, _, _ in floor}
     shared = {(p, b): stat for (_, p, b), stat in floor.items()} if len(owners) == 1 else {}
     out = []
+    protocols = _present(table)
     for _, r in table.iterrows():
-        for p in _present(table):
+        for p in protocols:
             ours = r[p]
             if ours is None:
                 continue
