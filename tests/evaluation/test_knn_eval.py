@@ -7,26 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from folder_pixels import folder_pixels
 from recipes import write_tiny_recipe
 
 from ffcv_bt.config import load_recipe
 from ffcv_bt.distributed.process_group import DistInfo
 from ffcv_bt.evaluation.knn import evaluate_knn
-
-MEAN = np.array([0.485, 0.456, 0.406]) * 255
-STD = np.array([0.229, 0.224, 0.225]) * 255
-
-
-def _pixels(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised pixels (N, 3*28*28) and labels of every image under ``folder``/<class>/."""
-    features, labels = [], []
-    for label, class_dir in enumerate(sorted(p for p in folder.iterdir() if p.is_dir())):
-        for path in sorted(class_dir.iterdir()):
-            rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
-            features.append(((rgb - MEAN) / STD).transpose(2, 0, 1).ravel())
-            labels.append(label)
-    return np.stack(features), np.array(labels)
 
 
 def _brute_force_knn(train_x, train_y, val_x, val_y, classes: int, k: int, t: float) -> float:
@@ -52,8 +38,8 @@ def test_pixel_floor_matches_brute_force_over_the_source_images(tiny_dataset: Pa
                          {"knn.res": "28", "knn.resize": "28", "knn.k": "5"})
     result = evaluate_knn(recipe, "pixels", tmp_path / "knn-pixels", DistInfo())
 
-    train_x, train_y = _pixels(tiny_dataset / "images" / "train")
-    val_x, val_y = _pixels(tiny_dataset / "images" / "val")
+    train_x, train_y = folder_pixels(tiny_dataset / "images" / "train")
+    val_x, val_y = folder_pixels(tiny_dataset / "images" / "val")
     want = _brute_force_knn(train_x, train_y, val_x, val_y, 10, k=5, t=0.07)
     assert result["top1"] == pytest.approx(want, abs=1e-9)
     assert 30 < result["top1"] <= 100 and result["top5"] >= result["top1"]  # pixels beat chance

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from folder_pixels import folder_pixels
 from recipes import write_tiny_recipe
 
 from ffcv_bt.config import load_recipe
@@ -25,9 +25,6 @@ from ffcv_bt.evaluation.logreg import (
     fit_logistic_regression,
     held_out_split,
 )
-
-MEAN = np.array([0.485, 0.456, 0.406]) * 255
-STD = np.array([0.229, 0.224, 0.225]) * 255
 
 
 def _objective_gradient(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: np.ndarray,
@@ -77,18 +74,8 @@ def test_standardised_fit_does_not_depend_on_feature_scale() -> None:
     assert torch.equal(predictions[0], predictions[1]) and torch.equal(predictions[0], predictions[2])
 
 
-def _pixels(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    features, labels = [], []
-    for label, class_dir in enumerate(sorted(p for p in folder.iterdir() if p.is_dir())):
-        for path in sorted(class_dir.iterdir()):
-            rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64)
-            features.append(((rgb - MEAN) / STD).transpose(2, 0, 1).ravel())
-            labels.append(label)
-    return np.stack(features), np.array(labels)
-
-
 @pytest.mark.timeout(300)
-def test_pixel_stage_fits_the_standardised_source_pixels(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_pixel_stage_fits_the_standardised_sourcefolder_pixels(tiny_dataset: Path, tmp_path: Path) -> None:
     # 28 px centre crop of a 28 px image: the loader's features are the stored pixels.
     recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_dataset),
                          {"logreg.res": "28", "logreg.resize": "28",
@@ -99,8 +86,8 @@ def test_pixel_stage_fits_the_standardised_source_pixels(tiny_dataset: Path, tmp
     assert result["features_reused"] is False
     saved = torch.load(tmp_path / "logreg-pixels" / CLASSIFIER_FILE)
 
-    train_x, train_y = _pixels(tiny_dataset / "images" / "train")
-    val_x, val_y = _pixels(tiny_dataset / "images" / "val")
+    train_x, train_y = folder_pixels(tiny_dataset / "images" / "train")
+    val_x, val_y = folder_pixels(tiny_dataset / "images" / "val")
     mean = train_x.mean(0)
     std = train_x.std(0, ddof=1)
     std[std <= 1e-8] = 1.0
