@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -223,6 +223,35 @@ def gather_features(backbone: nn.Module, batches: Iterable[tuple[Tensor, Tensor]
     return all_rows(*extract_features(backbone, batches, dist.device), dist)
 
 
+class FrozenSplits(NamedTuple):
+    """What a frozen-feature protocol starts from: the data set's manifest, the stage clock
+    (started before the backbone ran) and this rank's train and val features."""
+
+    manifest: Manifest
+    clock: StageClock
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    train_reused: bool  # the train features came from an earlier protocol in this process
+
+
+def frozen_splits(recipe: Recipe, settings: Mapping[str, Any], weights: str,
+                  dist: DistInfo) -> FrozenSplits:
+    """The frozen backbone of ``weights`` run (or its kept features reused, memo_features)
+    over both splits with the protocol's ``settings``, timed by a started StageClock."""
+    data_dir = Path(recipe.data.dir)
+    manifest = Manifest.read(data_dir)
+    backbone = frozen_backbone(recipe, weights, dist)
+    clock = StageClock(dist.device, dist.world_size)
+    clock.start()
+    train_x, train_y, reused = memo_features(recipe, settings, weights, data_dir, "train",
+                                             manifest.num_images("train"), dist, backbone)
+    val_x, val_y, _ = memo_features(recipe, settings, weights, data_dir, "val",
+                                    manifest.num_images("val"), dist, backbone)
+    return FrozenSplits(manifest, clock, train_x, train_y, val_x, val_y, reused)
+
+
 def evaluate_knn(recipe: Recipe, weights: str, out_dir: str | Path, dist: DistInfo) -> dict[str, Any]:
     """Run (or skip, if finished) the kNN protocol on ``weights`` (a path, ``random`` or
     ``pixels``); write and return result.json."""
@@ -232,15 +261,8 @@ def evaluate_knn(recipe: Recipe, weights: str, out_dir: str | Path, dist: DistIn
 def _knn_stage(recipe: Recipe, weights: str, out_dir: Path, dist: DistInfo) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     k = recipe.knn
-    data_dir = Path(recipe.data.dir)
-    manifest = Manifest.read(data_dir)
-    backbone = frozen_backbone(recipe, weights, dist)
-    clock = StageClock(dist.device, dist.world_size)
-    clock.start()
-    train_x, train_y, _ = memo_features(recipe, k, weights, data_dir, "train",
-                                        manifest.num_images("train"), dist, backbone)
-    val_x, val_y = all_rows(*memo_features(recipe, k, weights, data_dir, "val",
-                                           manifest.num_images("val"), dist, backbone)[:2], dist)
+    manifest, clock, train_x, train_y, val_x, val_y, _ = frozen_splits(recipe, k, weights, dist)
+    val_x, val_y = all_rows(val_x, val_y, dist)  # every query; the bank stays sharded
     compute_on = dist.device if dist.device.type == "cuda" else torch.device("cpu")
     train_images = shard_rows(train_x.shape[0], compute_on)[1]
     top1, top5 = knn_accuracy(train_x.to(compute_on), train_y, val_x.to(compute_on), val_y,

@@ -32,12 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ffcv_bt.config import Recipe
-from ffcv_bt.data.manifest import Manifest
 from ffcv_bt.distributed.process_group import DistInfo
 from ffcv_bt.evaluation.backbone_weights import sha256_of
-from ffcv_bt.evaluation.knn import PIXELS, all_rows, features_key, frozen_backbone, memo_features
+from ffcv_bt.evaluation.knn import PIXELS, all_rows, features_key, frozen_splits
 from ffcv_bt.params import float_list
-from ffcv_bt.stage.clock import StageClock
 from ffcv_bt.stage.mixed_precision import true_fp32
 from ffcv_bt.stage.provenance import device_description
 from ffcv_bt.stage.skeleton import run_stage
@@ -144,14 +142,8 @@ def _logreg_stage(recipe: Recipe, weights: str, out_dir: Path, dist: DistInfo) -
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = recipe.logreg
     data_dir = Path(recipe.data.dir)
-    manifest = Manifest.read(data_dir)
-    backbone = frozen_backbone(recipe, weights, dist)
-    clock = StageClock(dist.device, dist.world_size)
-    clock.start()
-    train_x, train_y, reused = memo_features(recipe, settings, weights, data_dir, "train",
-                                             manifest.num_images("train"), dist, backbone)
-    val_x, val_y, _ = memo_features(recipe, settings, weights, data_dir, "val",
-                                    manifest.num_images("val"), dist, backbone)
+    manifest, clock, train_x, train_y, val_x, val_y, reused = frozen_splits(recipe, settings,
+                                                                            weights, dist)
     train_x, train_y = all_rows(train_x, train_y, dist)  # the fit needs every rank's rows
     val_x, val_y = all_rows(val_x, val_y, dist)
     compute_on = dist.device if dist.device.type == "cuda" else torch.device("cpu")
